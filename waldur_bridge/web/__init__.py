@@ -1,1 +1,26 @@
+"""HTTP endpoints mounted on the appservice's aiohttp server (the port the homeserver uses)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .webhook import WebhookReceiver
+
+if TYPE_CHECKING:
+    from ..__main__ import WaldurBridge
+
+
+def mount_web(bridge: WaldurBridge) -> None:
+    config = bridge.config
+    if config["waldur.webhook.enabled"]:
+        bridge.webhook = WebhookReceiver(
+            config["waldur.webhook.secret"],
+            bridge.sync.handle_event,
+            max_body_size=config["waldur.webhook.max_body_size"],
+        )
+        bridge.az.app.add_subapp(
+            config["waldur.webhook.path_prefix"].rstrip("/"), bridge.webhook.app
+        )
+
+
+__all__ = ["WebhookReceiver", "mount_web"]

@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+# waldur-matrix-bridge. Build: docker build -t waldur-bridge .
+# Run:   docker run -v waldur-bridge-data:/data waldur-bridge
+# The first two starts write /data/config.yaml and /data/registration.yaml and exit
+# (see docker-run.sh); afterwards the container runs the bridge on port 29334.
+
+FROM python:3.12-slim AS builder
+
+# Compilers for dependencies without a wheel for this platform (python-olm builds libolm
+# with cmake). They stay in this stage.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential cmake \
+    && rm -rf /var/lib/apt/lists/*
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_NO_INPUT=1
+
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --upgrade pip
+
+WORKDIR /src
+COPY . .
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
+    && /opt/venv/bin/pip install /tmp/wheels/*.whl \
+    && /opt/venv/bin/python -c "import mautrix.bridge, olm, waldur_bridge.__main__"
+
+
+FROM python:3.12-slim
+
+# The venv links to /usr/local/bin/python3.12, the same in both stages.
+COPY --from=builder /opt/venv /opt/venv
+COPY docker-run.sh /usr/local/bin/docker-run.sh
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN chmod 0755 /usr/local/bin/docker-run.sh \
+    && groupadd --system --gid 1337 waldur \
+    && useradd --system --uid 1337 --gid 1337 --home-dir /data --no-create-home \
+        --shell /usr/sbin/nologin waldur \
+    && mkdir -p /data \
+    && chown waldur:waldur /data
+
+USER waldur:waldur
+VOLUME /data
+WORKDIR /data
+EXPOSE 29334
+
+# The appservice's own liveness endpoint (mautrix). Assumes appservice.port 29334.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:29334/_matrix/mau/live', timeout=4)"]
+
+ENTRYPOINT ["/usr/local/bin/docker-run.sh"]

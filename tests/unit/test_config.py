@@ -1,0 +1,194 @@
+"""Config update and validation: nothing the user set is lost, every mistake is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mautrix.util.config import yaml
+
+from waldur_bridge.config import FREE_FORM_MAPS, Config, ConfigError, _leaf_paths
+from waldur_bridge.devenv.testing import BASE_CONFIG, write_config
+
+
+def load(path: Path) -> Config:
+    config = Config(str(path), str(path.with_name("registration.yaml")), BASE_CONFIG)
+    config.load()
+    config.update(save=False)
+    return config
+
+
+def changed_value(path: str, value: Any) -> Any:
+    """A value of the same type that differs from the default."""
+    if path in FREE_FORM_MAPS:
+        return {"changed-key": "changed"} if path != "bridge.permissions" else {"*": "admin"}
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 7
+    if isinstance(value, float):
+        return round(value / 2 + 0.01, 3)
+    if isinstance(value, list):
+        return [*value, "@extra:example.org"]
+    if value is None:
+        return "set-by-user"
+    return f"{value}-changed"
+
+
+def test_update_keeps_every_key(tmp_path: Path) -> None:
+    base = Config(str(tmp_path / "x.yaml"), "", BASE_CONFIG).load_base()
+    assert base is not None
+    data = base._data
+    paths = list(_leaf_paths(data))
+    assert len(paths) > 80  # the walk sees the whole file
+    expected: dict[str, Any] = {}
+    for path in paths:
+        *parents, last = path.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[last] = expected[path] = changed_value(path, node[last])
+    config_path = tmp_path / "config.yaml"
+    with open(config_path, "w") as stream:
+        yaml.dump(data, stream)
+
+    config = load(config_path)
+    for path, value in expected.items():
+        if path == "waldur.webhook.secret":
+            continue  # "generate" is replaced; any other value is kept (checked below)
+        if path == "waldur.url":
+            value = value.rstrip("/")
+        actual = config[path]
+        if isinstance(value, dict):
+            actual = dict(actual)
+        assert actual == value, f"{path} was reset by the update"
+    assert config["waldur.webhook.secret"] == "generate-changed"
+
+
+def test_generate_secret_is_replaced_once(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "config.yaml",
+        homeserver_url="http://127.0.0.1:8008",
+        domain="localhost",
+        as_port=29334,
+        waldur_url="http://127.0.0.1:8080/",
+        waldur_token="t" * 40,
+        database="sqlite:test.db",
+    )
+    first = Config(str(path), "", BASE_CONFIG)
+    first.load()
+    first.update(save=True)
+    secret = first["waldur.webhook.secret"]
+    assert secret != "generate" and len(secret) >= 32
+    assert first["waldur.url"] == "http://127.0.0.1:8080"
+    again = load(path)
+    assert again["waldur.webhook.secret"] == secret
+
+
+def write_raw(tmp_path: Path, **changes: Any) -> Path:
+    path = write_config(
+        tmp_path / "config.yaml",
+        homeserver_url="http://127.0.0.1:8008",
+        domain="localhost",
+        as_port=29334,
+        waldur_url="http://127.0.0.1:8080",
+        waldur_token="t" * 40,
+        database="sqlite:test.db",
+        as_token="a",
+        hs_token="h",
+        overrides=changes,
+    )
+    return path
+
+
+def problems_of(path: Path) -> list[str]:
+    config = load(path)
+    try:
+        config.validate()
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def test_valid_config_has_no_problems(tmp_path: Path) -> None:
+    assert problems_of(write_raw(tmp_path)) == []
+
+
+def test_placeholders_are_named(tmp_path: Path) -> None:
+    path = write_raw(
+        tmp_path,
+        **{
+            "waldur.url": "https://waldur.example.org",
+            "waldur.token": "your-waldur-api-token",
+            "homeserver.domain": "example.com",
+        },
+    )
+    problems = "\n".join(problems_of(path))
+    assert "waldur.url: still has the example value" in problems
+    assert "waldur.token: still has the example value" in problems
+    assert "token_lifetime is null" in problems
+    assert "homeserver.domain" in problems
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    path = write_raw(tmp_path, **{"waldur.sweep_intervall": 60})
+    problems = problems_of(path)
+    assert problems == [
+        "waldur.sweep_intervall: not a known setting. Did you mean waldur.sweep_interval?"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("waldur.sweep_interval", "often", "waldur.sweep_interval: must be a whole number"),
+        ("waldur.events.enabled", "yes", "waldur.events.enabled: must be true or false"),
+        ("bridge.portals.create", "some", "bridge.portals.create: 'some' is not one of"),
+        ("bridge.membership.max_removal_share", 1.5, "must be between 0 and 1"),
+        ("bridge.membership.power_levels", {"PROJECT.ADMIN": 500}, "from 0 to 100"),
+        ("bridge.permissions", {"*": "superuser"}, "'superuser' is not one of user, admin"),
+        ("waldur.url", "waldur.local", "is not an http(s) URL"),
+        ("bridge.username_template", "waldur_", "must contain {userid}"),
+        ("bridge.membership.never_kick", "@x:y", "must be a list"),
+    ],
+)
+def test_wrong_values_are_explained(tmp_path: Path, key: str, value: Any, expected: str) -> None:
+    problems = "\n".join(problems_of(write_raw(tmp_path, **{key: value})))
+    assert expected in problems
+
+
+def test_permissions_lookup_order(tmp_path: Path) -> None:
+    config = load(
+        write_raw(
+            tmp_path,
+            **{
+                "bridge.permissions": {
+                    "*": "user",
+                    "example.org": "admin",
+                    "@boss:localhost": "admin",
+                }
+            },
+        )
+    )
+    assert config.get_permissions("@boss:localhost") == (True, True, "admin")
+    assert config.get_permissions("@x:example.org") == (True, True, "admin")
+    assert config.get_permissions("@x:localhost") == (True, False, "user")
+
+
+def test_registration_adds_msc3202_with_appservice_encryption(tmp_path: Path) -> None:
+    config = load(
+        write_raw(
+            tmp_path,
+            **{"bridge.encryption.allow": True, "bridge.encryption.appservice": True},
+        )
+    )
+    config.generate_registration()
+    registration = config._registration
+    assert registration is not None
+    assert registration["org.matrix.msc3202"] is True
+    assert registration["sender_localpart"] == "waldurbot"
+    assert registration["rate_limited"] is False
+    users = [ns["regex"] for ns in registration["namespaces"]["users"]]
+    assert users == [r"@waldur_.*:localhost", r"@waldurbot:localhost"]
+    assert registration["namespaces"]["aliases"][0]["exclusive"] is True

@@ -1,0 +1,34 @@
+"""The bridge's own tables (portals, puppets, users, members, cursors, audit log)."""
+
+from __future__ import annotations
+
+from mautrix.util.async_db import Database
+
+from .audit import AuditEntry
+from .base import Table
+from .cursor import Cursor
+from .held import HeldRemoval
+from .member import PortalMember
+from .portal import Portal
+from .puppet import Puppet
+from .txn import AppserviceTxn
+from .upgrade import upgrade_table
+from .user import User
+
+
+def init(db: Database) -> None:
+    Table.db = db
+
+
+__all__ = [
+    "AppserviceTxn",
+    "AuditEntry",
+    "Cursor",
+    "HeldRemoval",
+    "Portal",
+    "PortalMember",
+    "Puppet",
+    "User",
+    "init",
+    "upgrade_table",
+]

@@ -1,0 +1,68 @@
+"""What the bridge remembers about managed members of each portal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attr import dataclass
+
+from .base import Table, now_ms
+
+_COLUMNS = (
+    "project_uuid, mxid, waldur_user_uuid, added_by, left_voluntarily, role_signature, updated_at"
+)
+
+
+@dataclass
+class PortalMember(Table):
+    project_uuid: str
+    mxid: str
+    waldur_user_uuid: str | None = None
+    # "bridge", "moderator", "self" or "unknown": who brought them into the room.
+    added_by: str = "unknown"
+    left_voluntarily: bool = False
+    # The roles the person held when last seen, so a change of role can be noticed.
+    role_signature: str = ""
+    updated_at: int = 0
+
+    @classmethod
+    def _from_row(cls, row: Any) -> PortalMember:
+        data = dict(row)
+        data["left_voluntarily"] = bool(data["left_voluntarily"])
+        return cls(**data)
+
+    @classmethod
+    async def for_project(cls, project_uuid: str) -> dict[str, PortalMember]:
+        q = f"SELECT {_COLUMNS} FROM portal_member WHERE project_uuid=$1"
+        rows = await cls.db.fetch(q, project_uuid)
+        return {row["mxid"]: cls._from_row(row) for row in rows}
+
+    @classmethod
+    async def get(cls, project_uuid: str, mxid: str) -> PortalMember | None:
+        q = f"SELECT {_COLUMNS} FROM portal_member WHERE project_uuid=$1 AND mxid=$2"
+        row = await cls.db.fetchrow(q, project_uuid, mxid)
+        return None if row is None else cls._from_row(row)
+
+    async def save(self) -> None:
+        self.updated_at = now_ms()
+        q = f"""
+            INSERT INTO portal_member ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (project_uuid, mxid) DO UPDATE SET
+                waldur_user_uuid=excluded.waldur_user_uuid, added_by=excluded.added_by,
+                left_voluntarily=excluded.left_voluntarily,
+                role_signature=excluded.role_signature, updated_at=excluded.updated_at
+        """
+        await self.db.execute(
+            q,
+            self.project_uuid,
+            self.mxid,
+            self.waldur_user_uuid,
+            self.added_by,
+            self.left_voluntarily,
+            self.role_signature,
+            self.updated_at,
+        )
+
+    async def delete(self) -> None:
+        q = "DELETE FROM portal_member WHERE project_uuid=$1 AND mxid=$2"
+        await self.db.execute(q, self.project_uuid, self.mxid)

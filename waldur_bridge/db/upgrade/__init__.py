@@ -1,0 +1,9 @@
+"""Schema upgrades: v00 creates the latest schema on fresh installs, vNN upgrade old ones."""
+
+from __future__ import annotations
+
+from mautrix.util.async_db import UpgradeTable
+
+upgrade_table = UpgradeTable()
+
+from . import v00_latest_revision  # noqa: E402,F401  (registers itself on import)

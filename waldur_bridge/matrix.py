@@ -1,0 +1,130 @@
+"""Events from the homeserver: commands, membership changes, transaction de-duplication."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from mautrix.bridge import BaseMatrixHandler
+from mautrix.types import (
+    Event,
+    EventID,
+    MessageEventContent,
+    RoomID,
+    UserID,
+)
+
+from . import portal as po, user as u
+from .db import AppserviceTxn
+
+if TYPE_CHECKING:
+    from .__main__ import WaldurBridge
+
+# Commands that work bare in every portal (`!status`), besides `<prefix> status`.
+BARE_COMMANDS = frozenset({"help", "status", "orders", "members"})
+# Handled transaction IDs are kept this long; the homeserver retries for far less.
+TXN_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+def transaction_key(txn_id: str, events: list[dict[str, Any]]) -> str:
+    """Key a transaction by its ID and its events.
+
+    Transaction IDs restart at 1 when a homeserver's database is rebuilt; keying by the events
+    too means such a fresh transaction is never mistaken for an old one.
+    """
+    digest = hashlib.sha256(txn_id.encode())
+    for event in events:
+        digest.update(str(event.get("event_id", "")).encode())
+    return digest.hexdigest()
+
+
+class MatrixHandler(BaseMatrixHandler):
+    bridge: WaldurBridge
+
+    def __init__(self, bridge: WaldurBridge) -> None:
+        bot = f"@{bridge.config['appservice.bot_username']}:{bridge.config['homeserver.domain']}"
+        # Only the bot's own devices are skipped by end-to-bridge encryption: people log in as
+        # their puppets (provisioning API), so puppet devices must be tracked like anyone's.
+        self.user_id_prefix = bot
+        self.user_id_suffix = ""
+        super().__init__(bridge=bridge)
+        self.prefix = bridge.config["bridge.command_prefix"]
+        self._wrap_transaction_handler()
+
+    # region transactions
+
+    def _wrap_transaction_handler(self) -> None:
+        original = self.az.handle_transaction
+
+        async def handle_transaction(txn_id: str, *, events: list[dict[str, Any]], **kwargs):
+            key = transaction_key(txn_id, events)
+            if await AppserviceTxn.seen(key):
+                self.log.debug("Transaction %s was handled before a restart, skipping", txn_id)
+                return {}
+            result = await original(txn_id, events=events, **kwargs)
+            # Recorded only after the events were dispatched, unlike Waldur's own webhook,
+            # which recorded first and lost events when processing failed.
+            await AppserviceTxn.record(key, txn_id)
+            return result
+
+        self.az.handle_transaction = handle_transaction  # type: ignore[method-assign]
+
+    async def prune_transactions(self) -> None:
+        await AppserviceTxn.prune(TXN_RETENTION_MS)
+
+    # endregion
+    # region commands
+
+    def is_command(self, message: MessageEventContent) -> tuple[bool, str]:
+        text = (message.body or "").strip()
+        prefix = self.prefix
+        if text == prefix:
+            return True, "help"
+        if text.startswith(prefix + " "):
+            # mautrix strips len(prefix)+1 characters blindly; strip the space explicitly.
+            return True, text[len(prefix) + 1 :].lstrip()
+        if text.startswith("!"):
+            word = text[1:].split(maxsplit=1)[0].lower() if len(text) > 1 else ""
+            if word in BARE_COMMANDS:
+                return True, text[1:]
+        return False, text
+
+    async def allow_command(self, user: u.User) -> bool:  # type: ignore[override]
+        # Everyone may ask; each command decides from Waldur roles whether to answer with data,
+        # so that people without access get a clear "no access" instead of silence.
+        return True
+
+    async def allow_message(self, user: u.User) -> bool:  # type: ignore[override]
+        return True
+
+    # endregion
+    # region membership
+
+    async def handle_leave(self, room_id: RoomID, user_id: UserID, event_id: EventID) -> None:
+        portal = await po.Portal.get_by_room(room_id)
+        if portal is not None:
+            await self.bridge.sync.on_member_left(portal, user_id, voluntarily=True)
+
+    async def handle_kick(
+        self, room_id: RoomID, user_id: UserID, kicked_by: UserID, reason: str, event_id: EventID
+    ) -> None:
+        portal = await po.Portal.get_by_room(room_id)
+        if portal is not None and kicked_by != self.az.bot_mxid:
+            await self.bridge.sync.on_member_left(portal, user_id, voluntarily=False)
+
+    async def handle_invite(
+        self, room_id: RoomID, user_id: UserID, inviter: u.User, event: Event
+    ) -> None:
+        portal = await po.Portal.get_by_room(room_id)
+        if portal is not None:
+            await self.bridge.sync.on_member_invited(portal, user_id, inviter.mxid)
+
+    async def handle_puppet_invite(
+        self, room_id: RoomID, puppet: Any, invited_by: u.User, evt: Event
+    ) -> None:
+        # A moderator invited a puppet: remember that the bridge did not bring them in.
+        portal = await po.Portal.get_by_room(room_id)
+        if portal is not None:
+            await self.bridge.sync.on_member_invited(portal, puppet.mxid, invited_by.mxid)
+
+    # endregion

@@ -1,0 +1,189 @@
+"""What the bridge knows of Waldur: bulk snapshots from sweeps and fresh per-project reads.
+
+Everything here converts the Waldur client's records into the planner's plain records, and
+marks a read incomplete whenever any part of it failed, so that the planner holds removals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..waldur import WaldurClient, WaldurError, WaldurNotFound
+from ..waldur.records import Project, RoleGrant, User
+from .policy import Grant, ProjectInfo, WaldurUser, canonical_uuid
+
+log = logging.getLogger("waldur.sync.directory")
+
+
+def to_grant(grant: RoleGrant) -> Grant:
+    return Grant(
+        user_uuid=grant.user_uuid,
+        role_name=grant.role_name,
+        scope_type=grant.scope_type,
+        scope_uuid=grant.scope_uuid,
+        expiration_time=grant.expiration_time,
+        is_active=grant.is_active,
+    )
+
+
+def to_user(user: User) -> WaldurUser:
+    return WaldurUser(
+        uuid=user.uuid, username=user.username, full_name=user.full_name, is_active=user.is_active
+    )
+
+
+def to_project(project: Project) -> ProjectInfo:
+    return ProjectInfo(
+        uuid=project.uuid,
+        customer_uuid=project.customer_uuid,
+        name=project.name,
+        description=project.description or "",
+        customer_name=project.customer_name or "",
+        removed=project.is_removed,
+    )
+
+
+@dataclass
+class ProjectView:
+    """Everything needed to plan one project's room."""
+
+    project: ProjectInfo
+    grants: list[Grant]
+    users: dict[str, WaldurUser]
+    emails: dict[str, str]
+    complete: bool
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Snapshot:
+    """One consistent bulk read of Waldur: every project, grant and user."""
+
+    projects: dict[str, ProjectInfo]
+    grants_by_scope: dict[str, list[Grant]]
+    users: dict[str, WaldurUser]
+    emails: dict[str, str]
+    taken_at: float
+    requests: int
+
+    def view(self, project_uuid: str) -> ProjectView:
+        project = self.projects[project_uuid]
+        grants = [
+            *self.grants_by_scope.get(project.uuid, ()),
+            *self.grants_by_scope.get(project.customer_uuid, ()),
+        ]
+        return ProjectView(project, grants, self.users, self.emails, complete=True)
+
+
+class ProjectGone(Exception):
+    """Waldur confirmed that the project does not exist (404) or is soft-deleted."""
+
+
+class WaldurDirectory:
+    """Caches users and projects between reads; reads Waldur through the client."""
+
+    def __init__(self, client: WaldurClient) -> None:
+        self.client = client
+        self.users: dict[str, WaldurUser] = {}
+        self.emails: dict[str, str] = {}
+        self.projects: dict[str, ProjectInfo] = {}
+        # Users whose cached record may be stale (an event named them): re-read before use.
+        self.dirty_users: set[str] = set()
+        # Where each user holds grants, from the last sweep: lets a user event find rooms.
+        self.projects_of_user: dict[str, set[str]] = defaultdict(set)
+        self.customers_of_user: dict[str, set[str]] = defaultdict(set)
+        self.last_snapshot: Snapshot | None = None
+
+    def mark_user_dirty(self, user_uuid: str) -> None:
+        self.dirty_users.add(canonical_uuid(user_uuid))
+
+    def projects_of_customer(self, customer_uuid: str) -> list[str]:
+        return [p.uuid for p in self.projects.values() if p.customer_uuid == customer_uuid]
+
+    async def snapshot(self) -> Snapshot:
+        """Read every project, grant and user in a few paginated listings; all or nothing."""
+        started = self.client.stats.requests
+        projects, grants, users = await asyncio.gather(
+            self.client.list_projects(), self.client.list_all_grants(), self.client.list_users()
+        )
+        snapshot = Snapshot(
+            projects={p.uuid: to_project(p) for p in projects if not p.is_removed},
+            grants_by_scope=defaultdict(list),
+            users={u.uuid: to_user(u) for u in users},
+            emails={u.uuid: u.email or "" for u in users},
+            taken_at=time.time(),
+            requests=self.client.stats.requests - started,
+        )
+        self.projects_of_user.clear()
+        self.customers_of_user.clear()
+        for grant in map(to_grant, grants):
+            snapshot.grants_by_scope[grant.scope_uuid].append(grant)
+            if grant.scope_type == "project":
+                self.projects_of_user[grant.user_uuid].add(grant.scope_uuid)
+            elif grant.scope_type == "customer":
+                self.customers_of_user[grant.user_uuid].add(grant.scope_uuid)
+        self.users = dict(snapshot.users)
+        self.emails = dict(snapshot.emails)
+        self.projects = dict(snapshot.projects)
+        self.dirty_users.clear()
+        self.last_snapshot = snapshot
+        return snapshot
+
+    async def read_project(self, project_uuid: str) -> ProjectView:
+        """A fresh read of one project, its grants and its people.
+
+        Raises ProjectGone when Waldur confirms the project is deleted, and WaldurError when the
+        project itself or its own grants cannot be read (nothing can be planned then). Failures
+        of the organization's grants or of user records give an incomplete view instead.
+        """
+        try:
+            project = to_project(await self.client.get_project(project_uuid))
+        except WaldurNotFound as e:
+            self.projects.pop(project_uuid, None)
+            raise ProjectGone(project_uuid) from e
+        if project.removed:
+            self.projects.pop(project_uuid, None)
+            raise ProjectGone(project_uuid)
+        self.projects[project.uuid] = project
+        problems: list[str] = []
+        project_grants = await self.client.list_project_grants(project.uuid)
+        grants = [to_grant(g) for g in project_grants]
+        try:
+            customer_grants = await self.client.list_customer_grants(project.customer_uuid)
+            grants.extend(to_grant(g) for g in customer_grants)
+        except WaldurError as e:
+            problems.append(f"organization roles: {e}")
+        for grant in grants:
+            if grant.scope_type == "project":
+                self.projects_of_user[grant.user_uuid].add(grant.scope_uuid)
+        await self._refresh_users({g.user_uuid for g in grants}, problems)
+        return ProjectView(
+            project, grants, self.users, self.emails, complete=not problems, problems=problems
+        )
+
+    async def _refresh_users(self, user_uuids: Iterable[str], problems: list[str]) -> None:
+        needed = [u for u in user_uuids if u not in self.users or u in self.dirty_users]
+        if not needed:
+            return
+
+        async def fetch(uuid: str) -> None:
+            try:
+                user = await self.client.get_user(uuid)
+            except WaldurNotFound:
+                # A deleted user holds no access: drop what we knew.
+                self.users.pop(uuid, None)
+                self.dirty_users.discard(uuid)
+                return
+            except WaldurError as e:
+                problems.append(f"user {uuid}: {e}")
+                return
+            self.users[user.uuid] = to_user(user)
+            self.emails[user.uuid] = user.email or ""
+            self.dirty_users.discard(user.uuid)
+
+        await asyncio.gather(*(fetch(u) for u in needed))

@@ -1,0 +1,191 @@
+"""Carries out a plan on the homeserver, with bounded concurrency, and audits every action."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mautrix.errors import MatrixRequestError, MForbidden
+from mautrix.types import EventType, PowerLevelStateEventContent, RoomID, UserID
+
+from ..db import AuditEntry, PortalMember
+from .planner import Invite, Join, Kick, Plan, SetName, SetPowerLevels, SetTopic
+
+if TYPE_CHECKING:
+    from ..portal import Portal
+    from ..puppet import Puppet
+
+log = logging.getLogger("waldur.sync.executor")
+
+
+@dataclass
+class Outcome:
+    done: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        return self.done + self.failed
+
+
+def _already(e: MatrixRequestError, *phrases: str) -> bool:
+    message = (e.message or "").lower()
+    return any(p in message for p in phrases)
+
+
+class PlanExecutor:
+    """Applies plans. One instance per bridge: `limit` bounds homeserver writes bridge-wide."""
+
+    def __init__(self, limit: int) -> None:
+        self.semaphore = asyncio.Semaphore(limit)
+        self.writes = 0
+
+    async def execute(
+        self,
+        portal: Portal,
+        plan: Plan,
+        *,
+        puppets: Mapping[str, Puppet],
+        displaynames: Mapping[str, str],
+        role_signatures: Mapping[str, str],
+        user_uuids: Mapping[str, str],
+    ) -> Outcome:
+        outcome = Outcome()
+        room_id = RoomID(portal.room_id or "")
+        intent = portal.main_intent
+
+        async def audited(
+            action: str, target: str | None, cause: str, run: Callable[[], Awaitable[None]]
+        ) -> bool:
+            async with self.semaphore:
+                try:
+                    await run()
+                except Exception as e:
+                    outcome.failed += 1
+                    outcome.errors.append(f"{action} {target or ''}: {e}")
+                    log.warning("%s %s in %s failed: %s", action, target, room_id, e)
+                    await self._audit(portal, action, target, cause, "failed", str(e))
+                    return False
+                finally:
+                    self.writes += 1
+            outcome.done += 1
+            await self._audit(portal, action, target, cause, "done")
+            return True
+
+        joins = {a.user_id for a in plan.actions if isinstance(a, Join)}
+
+        async def bring_in(user_id: str, invite: Invite | None, join: Join | None) -> None:
+            puppet = puppets.get(user_id)
+            if puppet is not None:
+                # Registered and named before the invite, so the room never shows a bare ID.
+                await puppet.ensure_ready(displaynames.get(user_id, ""))
+            if invite is not None:
+
+                async def do_invite() -> None:
+                    try:
+                        await intent.invite_user(room_id, UserID(user_id), check_cache=False)
+                    except MatrixRequestError as e:
+                        if not _already(e, "already in the room", "already joined"):
+                            raise
+
+                if not await audited("invite", user_id, invite.cause, do_invite):
+                    return
+            if (
+                join is not None
+                and puppet is not None
+                and not await audited(
+                    "join", user_id, join.cause, lambda: puppet.intent.join_room_by_id(room_id)
+                )
+            ):
+                return
+            await PortalMember(
+                project_uuid=portal.project_uuid,
+                mxid=user_id,
+                waldur_user_uuid=user_uuids.get(user_id),
+                added_by="bridge",
+                left_voluntarily=False,
+                role_signature=role_signatures.get(user_id, ""),
+            ).save()
+
+        for action in plan.actions:
+            if isinstance(action, SetName):
+                await audited(
+                    "set-name", None, action.cause, lambda a=action: portal.set_name(a.name)
+                )
+            elif isinstance(action, SetTopic):
+                await audited(
+                    "set-topic", None, action.cause, lambda a=action: portal.set_topic(a.topic)
+                )
+
+        invites = {a.user_id: a for a in plan.actions if isinstance(a, Invite)}
+        join_actions = {a.user_id: a for a in plan.actions if isinstance(a, Join)}
+        await asyncio.gather(
+            *(
+                bring_in(user_id, invites.get(user_id), join_actions.get(user_id))
+                for user_id in sorted(set(invites) | joins)
+            )
+        )
+
+        for action in plan.actions:
+            if isinstance(action, SetPowerLevels):
+                await audited(
+                    "power-levels",
+                    ", ".join(
+                        f"{u}={'default' if lv is None else lv}" for u, lv in action.changes
+                    ),
+                    action.cause,
+                    lambda a=action: self._set_power_levels(portal, dict(a.changes)),
+                )
+
+        async def kick(action: Kick) -> None:
+            async def do_kick() -> None:
+                try:
+                    await intent.kick_user(room_id, UserID(action.user_id), action.reason)
+                except MForbidden as e:
+                    if not _already(e, "not in the room"):
+                        raise
+
+            if await audited("kick", action.user_id, action.cause, do_kick):
+                member = await PortalMember.get(portal.project_uuid, action.user_id)
+                if member is not None:
+                    await member.delete()
+
+        await asyncio.gather(*(kick(a) for a in plan.actions if isinstance(a, Kick)))
+
+        for held in plan.held:
+            await self._audit(portal, "kick", held.user_id, held.cause, "held", held.reason)
+        for dry in plan.dry_run:
+            await self._audit(portal, "kick", dry.user_id, dry.cause, "dry-run", dry.reason)
+        return outcome
+
+    async def _set_power_levels(self, portal: Portal, changes: dict[str, int | None]) -> None:
+        intent = portal.main_intent
+        room_id = RoomID(portal.room_id or "")
+        # Read fresh: a moderator may have changed other entries since the plan was made.
+        levels: PowerLevelStateEventContent = await intent.get_power_levels(
+            room_id, ignore_cache=True
+        )
+        for user_id, level in changes.items():
+            if level is None:
+                levels.users.pop(UserID(user_id), None)
+            else:
+                levels.users[UserID(user_id)] = level
+        await intent.send_state_event(room_id, EventType.ROOM_POWER_LEVELS, levels)
+
+    @staticmethod
+    async def _audit(
+        portal: Portal, action: str, target: str | None, cause: str, outcome: str, detail: str = ""
+    ) -> None:
+        await AuditEntry(
+            action=action,
+            outcome=outcome,
+            project_uuid=portal.project_uuid,
+            room_id=portal.room_id,
+            target=target,
+            cause=cause,
+            detail=detail,
+        ).insert()

@@ -1,0 +1,277 @@
+"""One reconcile of one portal: desired state from Waldur, current state from the homeserver,
+a pure plan, its execution and its record."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from mautrix.types import EventType, Membership, RoomID, StateEvent
+
+from .. import identity
+from ..db import HeldRemoval, PortalMember, User as DBUser
+from ..puppet import Puppet
+from .directory import ProjectView
+from .executor import Outcome, PlanExecutor
+from .planner import (
+    CurrentMember,
+    CurrentRoom,
+    DesiredMember,
+    DesiredRoom,
+    Plan,
+    PlanContext,
+    plan,
+)
+from .policy import MembershipPolicy, ProjectInfo, desired_team
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..portal import Portal
+
+log = logging.getLogger("waldur.sync.reconcile")
+
+_MEMBERSHIPS = {
+    m.value for m in (Membership.JOIN, Membership.INVITE, Membership.LEAVE, Membership.BAN)
+}
+
+
+def role_signature(roles: tuple[str, ...]) -> str:
+    return "|".join(sorted(roles))
+
+
+@dataclass
+class Result:
+    plan: Plan
+    outcome: Outcome
+
+
+class Reconciler:
+    def __init__(self, config: Config, policy: MembershipPolicy, executor: PlanExecutor) -> None:
+        self.config = config
+        self.policy = policy
+        self.executor = executor
+        self.mode = config["bridge.user_mapping.mode"]
+        self.mxid_template = config["bridge.user_mapping.template"]
+        self.displayname_template = config["bridge.displayname_template"]
+        self.topic_template = config["bridge.portals.topic_template"]
+        self.puppet_regex = identity.puppet_regex(
+            config["bridge.username_template"], config["homeserver.domain"]
+        )
+        # Room creators never change; reading them once per room saves a request per sweep.
+        self._creators: dict[str, frozenset[str]] = {}
+        # Projects with removals on hold, so the table is only written when something changes.
+        self._held_projects: set[str] | None = None
+
+    # region desired
+
+    def topic_for(self, project: ProjectInfo) -> str:
+        topic = self.topic_template.format(
+            project_name=project.name,
+            project_description=project.description,
+            customer_name=project.customer_name,
+        )
+        return topic.strip().rstrip(":").strip()
+
+    def displayname_for(self, username: str, full_name: str, email: str) -> str:
+        name = self.displayname_template.format(
+            full_name=full_name or username, username=username, email=email
+        )
+        return name.strip() or username
+
+    async def desired(
+        self, view: ProjectView, active: bool = True, inactive_reason: str | None = None
+    ) -> tuple[DesiredRoom, dict[str, Puppet], dict[str, str], dict[str, str], dict[str, str]]:
+        """The desired room and the per-user details the executor needs."""
+        team = desired_team(view.project, view.grants, view.users, self.policy, datetime.now(UTC))
+        members: dict[str, DesiredMember] = {}
+        puppets: dict[str, Puppet] = {}
+        displaynames: dict[str, str] = {}
+        signatures: dict[str, str] = {}
+        user_uuids: dict[str, str] = {}
+        for user_uuid, member in team.items():
+            user = view.users[user_uuid]
+            email = view.emails.get(user_uuid, "")
+            mxid, puppet = await self.matrix_account(user_uuid, user.username, email)
+            if mxid is None:
+                log.warning(
+                    "Waldur user %s (%s) has no valid Matrix ID under the configured template",
+                    user.username,
+                    user_uuid,
+                )
+                continue
+            members[mxid] = DesiredMember(
+                user_id=mxid,
+                user_uuid=user_uuid,
+                power_level=member.power_level,
+                roles=member.roles,
+                join_as_puppet=puppet is not None,
+            )
+            if puppet is not None:
+                puppets[mxid] = puppet
+            displaynames[mxid] = self.displayname_for(user.username, user.full_name, email)
+            signatures[mxid] = role_signature(member.roles)
+            user_uuids[mxid] = user_uuid
+        room = DesiredRoom(
+            complete=view.complete,
+            active=active,
+            members=members if active else {},
+            name=view.project.name if active else None,
+            topic=self.topic_for(view.project) if active else None,
+            inactive_reason=inactive_reason,
+        )
+        return room, puppets, displaynames, signatures, user_uuids
+
+    async def matrix_account(
+        self, user_uuid: str, username: str, email: str
+    ) -> tuple[str | None, Puppet | None]:
+        """The Matrix account of a Waldur user: an admin's explicit link wins over the mode."""
+        linked = await DBUser.get_by_waldur_user(user_uuid)
+        if linked is not None:
+            return linked.mxid, None
+        if self.mode == "template":
+            mxid = identity.template_mxid(
+                self.mxid_template, username=username, user_uuid=user_uuid, email=email
+            )
+            return mxid, None
+        puppet = await Puppet.get_for_waldur_user(user_uuid, username, "")
+        return puppet.mxid, puppet
+
+    async def managed_ids(self, desired: DesiredRoom) -> frozenset[str]:
+        ids = set(desired.members) | set(Puppet.by_mxid)
+        ids.update(u.mxid for u in await DBUser.all_linked())
+        return frozenset(ids)
+
+    # endregion
+    # region current
+
+    async def current(self, portal: Portal) -> CurrentRoom:
+        intent = portal.main_intent
+        room_id = RoomID(portal.room_id or "")
+        member_events: list[StateEvent] = await intent.get_members(room_id)
+        levels = await intent.get_power_levels(room_id, ignore_cache=True)
+        creators = self._creators.get(room_id)
+        if creators is None:
+            create = await intent.get_state_event(room_id, EventType.ROOM_CREATE)
+            version = str(create.get("room_version", "1"))
+            if version.isdigit() and int(version) >= 12:
+                creators = frozenset(
+                    {str(portal.az.bot_mxid), *map(str, create.get("additional_creators", []))}
+                )
+            else:
+                creators = frozenset()
+            self._creators[room_id] = creators
+        records = await PortalMember.for_project(portal.project_uuid)
+        members: dict[str, CurrentMember] = {}
+        for event in member_events:
+            membership = str(event.content.membership.value)
+            if membership not in _MEMBERSHIPS:
+                continue
+            user_id = str(event.state_key)
+            record = records.get(user_id)
+            if record is not None:
+                added_by = record.added_by
+            elif event.sender == portal.az.bot_mxid:
+                added_by = "bridge"
+            elif membership == "invite":
+                added_by = "moderator"
+            else:
+                added_by = "unknown"
+            members[user_id] = CurrentMember(
+                membership=membership,
+                added_by=added_by,
+                left_voluntarily=bool(record and record.left_voluntarily),
+                role_changed_since_leave=False,
+            )
+        return CurrentRoom(
+            room_id=room_id,
+            members=members,
+            power_levels={str(u): int(lv) for u, lv in levels.users.items()},
+            users_default=int(levels.users_default or 0),
+            creators=creators,
+            name=portal.name,
+            topic=portal.topic,
+        )
+
+    # endregion
+
+    async def reconcile(
+        self,
+        portal: Portal,
+        view: ProjectView,
+        *,
+        active: bool = True,
+        inactive_reason: str | None = None,
+    ) -> Result:
+        desired, puppets, displaynames, signatures, user_uuids = await self.desired(
+            view, active, inactive_reason
+        )
+        current = await self.current(portal)
+        records = await PortalMember.for_project(portal.project_uuid)
+        # A voluntary leaver comes back only after their roles changed: compare signatures.
+        members = dict(current.members)
+        for user_id, member in members.items():
+            record = records.get(user_id)
+            if member.left_voluntarily and record is not None and user_id in signatures:
+                changed = signatures[user_id] != record.role_signature
+                members[user_id] = CurrentMember(
+                    member.membership, member.added_by, True, role_changed_since_leave=changed
+                )
+        current = CurrentRoom(
+            current.room_id,
+            members,
+            current.power_levels,
+            current.users_default,
+            current.creators,
+            current.name,
+            current.topic,
+        )
+        ctx = PlanContext(
+            bot_user_id=str(portal.az.bot_mxid),
+            managed_user_ids=await self.managed_ids(desired),
+            puppet_regex=self.puppet_regex,
+            policy=self.policy,
+        )
+        result = plan(desired, current, ctx)
+        # Display names follow Waldur even when membership is unchanged.
+        for user_id, puppet in puppets.items():
+            name = displaynames.get(user_id, "")
+            if puppet.is_registered and name and name != puppet.displayname:
+                await puppet.ensure_ready(name)
+        outcome = await self.executor.execute(
+            portal,
+            result,
+            puppets=puppets,
+            displaynames=displaynames,
+            role_signatures=signatures,
+            user_uuids=user_uuids,
+        )
+        if self._held_projects is None:
+            self._held_projects = {h.project_uuid for h in await HeldRemoval.all()}
+        if result.held or portal.project_uuid in self._held_projects:
+            await self._record_held(portal, result)
+        return Result(result, outcome)
+
+    async def _record_held(self, portal: Portal, result: Plan) -> None:
+        assert self._held_projects is not None
+        if result.held:
+            self._held_projects.add(portal.project_uuid)
+        else:
+            self._held_projects.discard(portal.project_uuid)
+        await HeldRemoval.replace_for_project(
+            portal.project_uuid,
+            [
+                HeldRemoval(
+                    project_uuid=portal.project_uuid,
+                    mxid=k.user_id,
+                    reason=k.reason,
+                    cause=k.cause,
+                )
+                for k in result.held
+            ],
+        )
+
+    def forget_held(self, project_uuid: str) -> None:
+        if self._held_projects is not None:
+            self._held_projects.discard(project_uuid)

@@ -1,0 +1,60 @@
+"""The Waldur web hook receiver.
+
+Waldur signs nothing, so the URL carries an unguessable secret and a payload is only a hint:
+it makes the bridge read the projects and users it names again, never grant or revoke.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..waldur import Event, WebhookPayloadError, parse_webhook
+
+log = logging.getLogger("waldur.web.webhook")
+
+EventHandler = Callable[[Event, str], Awaitable[None]]
+
+
+class WebhookReceiver:
+    def __init__(self, secret: str, handle: EventHandler, *, max_body_size: int) -> None:
+        self.secret = secret.encode()
+        self.handle = handle
+        self.max_body_size = max_body_size
+        self.received = 0
+        self.rejected = 0
+        self.app = web.Application(client_max_size=max_body_size)
+        self.app.router.add_post("/{secret}", self.receive)
+        self.app.router.add_post("/{secret}/", self.receive)
+
+    async def receive(self, request: web.Request) -> web.Response:
+        if not hmac.compare_digest(request.match_info["secret"].encode(), self.secret):
+            self.rejected += 1
+            # The same answer as an unknown path: a wrong secret reveals nothing.
+            return web.json_response({"error": "Not found"}, status=404)
+        if request.content_length is not None and request.content_length > self.max_body_size:
+            self.rejected += 1
+            return web.json_response({"error": "Body too large"}, status=413)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.rejected += 1
+            return web.json_response({"error": "Body too large"}, status=413)
+        try:
+            event = parse_webhook(body, request.content_type)
+        except WebhookPayloadError as e:
+            self.rejected += 1
+            log.info("Rejected a malformed web hook: %s", e)
+            return web.json_response({"error": str(e)}, status=400)
+        self.received += 1
+        log.debug("Web hook %s received", event.event_type)
+        try:
+            await self.handle(event, "webhook")
+        except Exception:
+            # The hint is lost but the sweep and the events poll will catch up; Waldur does not
+            # retry, so a 5xx would help nobody.
+            log.exception("Handling web hook %s failed", event.event_type)
+        return web.json_response({}, status=202)
