@@ -157,7 +157,7 @@ class Reconciler:
             version = str(create.get("room_version", "1"))
             if version.isdigit() and int(version) >= 12:
                 creators = frozenset(
-                    {str(portal.az.bot_mxid), *map(str, create.get("additional_creators", []))}
+                    {str(portal.az.bot_mxid), *map(str, create.get("additional_creators") or [])}
                 )
             else:
                 creators = frozenset()
