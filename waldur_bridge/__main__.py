@@ -8,7 +8,8 @@ from typing import Any
 from mautrix.bridge import Bridge
 from mautrix.types import RoomID, UserID
 
-from . import __version__, commands as _commands  # noqa: F401  (registers the commands)
+from . import __version__
+from .commands import RateLimiter
 from .config import Config, ConfigError
 from .db import init as init_db, upgrade_table
 from .management import ManagementRoom
@@ -39,6 +40,7 @@ class WaldurBridge(Bridge):
     sync: SyncService
     management: ManagementRoom
     webhook: WebhookReceiver | None = None
+    room_command_limiter: RateLimiter
 
     def prepare_arg_parser(self) -> None:
         super().prepare_arg_parser()
@@ -88,6 +90,7 @@ class WaldurBridge(Bridge):
         User.init_cls(self)
         Puppet.init_cls(self)
         Portal.init_cls(self)
+        self.room_command_limiter = RateLimiter(cfg["bridge.commands.rate_limit_per_minute"])
         self.sync = SyncService(self)
         self.management = ManagementRoom(self)
         mount_web(self)

@@ -9,6 +9,8 @@ from mautrix.errors import MatrixRequestError, MNotFound
 from mautrix.types import RoomAlias, RoomCreatePreset, RoomID, UserID
 from mautrix.util import markdown
 
+from .db import BridgeState
+
 if TYPE_CHECKING:
     from .__main__ import WaldurBridge
 
@@ -43,16 +45,40 @@ class ManagementRoom:
             return self.room_id
         except MNotFound:
             pass
+        # An alias-less room created earlier (see below) is found again by its stored ID.
+        stored = await BridgeState.get(self._state_key)
+        if stored:
+            self.room_id = RoomID(stored)
+            await intent.ensure_joined(self.room_id)
+            return self.room_id
+        creation = {
+            "preset": RoomCreatePreset.PRIVATE,
+            "name": "Waldur bridge management",
+            "topic": "Admin commands for the Waldur bridge. Send `help`.",
+            "invitees": self.admins(),
+        }
         localpart = alias[1:].split(":", 1)[0]
-        self.room_id = await intent.create_room(
-            alias_localpart=localpart,
-            preset=RoomCreatePreset.PRIVATE,
-            name="Waldur bridge management",
-            topic="Admin commands for the Waldur bridge. Send `help`.",
-            invitees=self.admins(),
-        )
+        try:
+            self.room_id = await intent.create_room(alias_localpart=localpart, **creation)
+        except MatrixRequestError as e:
+            if e.errcode not in ("M_EXCLUSIVE", "M_ROOM_IN_USE", "M_FORBIDDEN"):
+                raise
+            # Homeservers refuse appservice aliases outside its namespace: the room still
+            # works without one; admins find it by the invite.
+            log.warning(
+                "Could not give the management room the alias %s (%s); pick one inside the "
+                "alias namespace (bridge.alias_template) to have it. Creating it without.",
+                alias,
+                e.message,
+            )
+            self.room_id = await intent.create_room(**creation)
+        await BridgeState.set(self._state_key, self.room_id)
         log.info("Created the management room %s (%s)", alias, self.room_id)
         return self.room_id
+
+    @property
+    def _state_key(self) -> str:
+        return f"management_room:{self.setting}"
 
     def is_management_room(self, room_id: RoomID) -> bool:
         return self.room_id is not None and room_id == self.room_id

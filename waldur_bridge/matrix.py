@@ -6,15 +6,18 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from mautrix.bridge import BaseMatrixHandler
+from mautrix.bridge.commands import CommandProcessor
 from mautrix.types import (
     Event,
     EventID,
+    EventType,
     MessageEventContent,
     RoomID,
     UserID,
 )
 
 from . import portal as po, user as u
+from .commands import WaldurCommandEvent
 from .db import AppserviceTxn
 
 if TYPE_CHECKING:
@@ -47,7 +50,8 @@ class MatrixHandler(BaseMatrixHandler):
         # their puppets (provisioning API), so puppet devices must be tracked like anyone's.
         self.user_id_prefix = bot
         self.user_id_suffix = ""
-        super().__init__(bridge=bridge)
+        processor = CommandProcessor(bridge=bridge, event_class=WaldurCommandEvent)
+        super().__init__(command_processor=processor, bridge=bridge)
         self.prefix = bridge.config["bridge.command_prefix"]
         self._wrap_transaction_handler()
 
@@ -96,6 +100,20 @@ class MatrixHandler(BaseMatrixHandler):
 
     async def allow_message(self, user: u.User) -> bool:  # type: ignore[override]
         return True
+
+    async def _is_direct_chat(self, room_id: RoomID) -> tuple[bool, bool]:
+        # The configured management room is shared by several admins; treat it like a direct
+        # chat with the bot so bare commands work there.
+        if self.bridge.management.is_management_room(room_id):
+            return True, True
+        return await super()._is_direct_chat(room_id)
+
+    async def send_bot_message(self, room_id: RoomID, content: MessageEventContent) -> EventID:
+        """Send as the bot, encrypted when the room is encrypted and encryption is on."""
+        event_type = EventType.ROOM_MESSAGE
+        if self.e2ee and await self.az.state_store.is_encrypted(room_id):
+            event_type, content = await self.e2ee.encrypt(room_id, event_type, content)
+        return await self.az.intent.send_message_event(room_id, event_type, content)
 
     # endregion
     # region membership

@@ -144,8 +144,11 @@ async def test_project_deletion_closes_the_room(bridge_env: BridgeEnv) -> None:
     )
     from waldur_bridge.portal import Portal
 
-    portal = await Portal.get_by_project(ids["project"])
-    assert portal is not None and portal.state == "disabled"
+    async def disabled() -> bool:
+        portal = await Portal.get_by_project(ids["project"])
+        return portal is not None and portal.state == "disabled"
+
+    await wait_for(disabled, 10, "the portal to be disabled")
     assert outsider not in await bridge_env.in_room(room)
 
 

@@ -11,6 +11,7 @@ from .held import HeldRemoval
 from .member import PortalMember
 from .portal import Portal
 from .puppet import Puppet
+from .state import BridgeState
 from .txn import AppserviceTxn
 from .upgrade import upgrade_table
 from .user import User
@@ -23,6 +24,7 @@ def init(db: Database) -> None:
 __all__ = [
     "AppserviceTxn",
     "AuditEntry",
+    "BridgeState",
     "Cursor",
     "HeldRemoval",
     "Portal",

@@ -24,6 +24,7 @@ class _Pending:
     not_before: float = 0.0
     failures: int = 0
     queued_at: float = field(default_factory=time.monotonic)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 class CoalescingQueue:
@@ -55,6 +56,13 @@ class CoalescingQueue:
         self._idle.set()
         self.runs = 0
         self.failures = 0
+
+    async def request_and_wait(self, key: str, reason: str, timeout: float = 120) -> None:
+        """Queue a run and wait for it (or a later one) to finish; re-raises its error."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.request(key, reason)
+        self._pending[key].waiters.append(future)
+        await asyncio.wait_for(future, timeout)
 
     def request(self, key: str, reason: str) -> None:
         pending = self._pending.get(key)
@@ -134,10 +142,17 @@ class CoalescingQueue:
                 await self._worker(key, frozenset(pending.reasons))
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as e:
                 self.failures += 1
                 log.exception("%s: run for %s failed", self._name, key)
                 self._retry_later(key, pending.reasons, pending.failures + 1)
+                for waiter in pending.waiters:
+                    if not waiter.done():
+                        waiter.set_exception(e)
+            else:
+                for waiter in pending.waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
             finally:
                 self.runs += 1
                 self._running.discard(key)

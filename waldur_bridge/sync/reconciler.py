@@ -146,7 +146,12 @@ class Reconciler:
     # endregion
     # region current
 
-    async def current(self, portal: Portal) -> CurrentRoom:
+    async def current(self, portal: Portal, signatures: dict[str, str]) -> CurrentRoom:
+        """The room as the homeserver has it, plus what the bridge remembers of its members.
+
+        `signatures` are the desired members' current roles: a voluntary leaver comes back only
+        after their roles changed since they left.
+        """
         intent = portal.main_intent
         room_id = RoomID(portal.room_id or "")
         member_events: list[StateEvent] = await intent.get_members(room_id)
@@ -178,11 +183,16 @@ class Reconciler:
                 added_by = "moderator"
             else:
                 added_by = "unknown"
+            left = bool(record and record.left_voluntarily)
             members[user_id] = CurrentMember(
                 membership=membership,
                 added_by=added_by,
-                left_voluntarily=bool(record and record.left_voluntarily),
-                role_changed_since_leave=False,
+                left_voluntarily=left,
+                role_changed_since_leave=bool(
+                    left
+                    and record
+                    and signatures.get(user_id, record.role_signature) != record.role_signature
+                ),
             )
         return CurrentRoom(
             room_id=room_id,
@@ -196,6 +206,26 @@ class Reconciler:
 
     # endregion
 
+    async def preview(self, portal: Portal, view: ProjectView, active: bool = True) -> Plan:
+        desired, *_, signatures, _ = await self.desired(view, active)
+        return await self._plan(portal, desired, signatures, self.policy)
+
+    async def _plan(
+        self,
+        portal: Portal,
+        desired: DesiredRoom,
+        signatures: dict[str, str],
+        policy: MembershipPolicy,
+    ) -> Plan:
+        current = await self.current(portal, signatures)
+        ctx = PlanContext(
+            bot_user_id=str(portal.az.bot_mxid),
+            managed_user_ids=await self.managed_ids(desired),
+            puppet_regex=self.puppet_regex,
+            policy=policy,
+        )
+        return plan(desired, current, ctx)
+
     async def reconcile(
         self,
         portal: Portal,
@@ -203,37 +233,12 @@ class Reconciler:
         *,
         active: bool = True,
         inactive_reason: str | None = None,
+        policy: MembershipPolicy | None = None,
     ) -> Result:
         desired, puppets, displaynames, signatures, user_uuids = await self.desired(
             view, active, inactive_reason
         )
-        current = await self.current(portal)
-        records = await PortalMember.for_project(portal.project_uuid)
-        # A voluntary leaver comes back only after their roles changed: compare signatures.
-        members = dict(current.members)
-        for user_id, member in members.items():
-            record = records.get(user_id)
-            if member.left_voluntarily and record is not None and user_id in signatures:
-                changed = signatures[user_id] != record.role_signature
-                members[user_id] = CurrentMember(
-                    member.membership, member.added_by, True, role_changed_since_leave=changed
-                )
-        current = CurrentRoom(
-            current.room_id,
-            members,
-            current.power_levels,
-            current.users_default,
-            current.creators,
-            current.name,
-            current.topic,
-        )
-        ctx = PlanContext(
-            bot_user_id=str(portal.az.bot_mxid),
-            managed_user_ids=await self.managed_ids(desired),
-            puppet_regex=self.puppet_regex,
-            policy=self.policy,
-        )
-        result = plan(desired, current, ctx)
+        result = await self._plan(portal, desired, signatures, policy or self.policy)
         # Display names follow Waldur even when membership is unchanged.
         for user_id, puppet in puppets.items():
             name = displaynames.get(user_id, "")

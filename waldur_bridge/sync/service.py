@@ -4,18 +4,20 @@ whose worker reconciles the project's portal."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from mautrix.util.opt_prometheus import Counter, Gauge, Histogram
 
-from ..db import PortalMember, portal as states
+from ..db import HeldRemoval, PortalMember, portal as states
 from ..portal import Portal
 from ..waldur import Event, WaldurError
 from .changes import WATCHED_EVENTS, WEBHOOK_GROUPS, EventsPoller, Hint, hint_from_event
 from .directory import ProjectGone, ProjectView, Snapshot, WaldurDirectory
 from .executor import PlanExecutor
+from .planner import Plan
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
 from .queue import CoalescingQueue
 from .reconciler import Reconciler, Result
@@ -35,6 +37,7 @@ HINTS = Counter("waldur_change_hints_total", "Change hints received", ["source"]
 SWEEP = "sweep"
 CREATE = "create"
 REACTIVATE = "reactivate"
+CLOSE = "close"
 
 
 class IncompleteRead(Exception):
@@ -132,6 +135,11 @@ class SyncService:
             }
         for project_uuid in projects:
             self.request_project(project_uuid, reason)
+
+    async def handle_hint_for_user(self, user_uuid: str, reason: str) -> None:
+        """Someone's mapping changed (link, unlink): look again at every room they belong in."""
+        hint = Hint(frozenset(), frozenset(), frozenset({canonical_uuid(user_uuid)}), reason)
+        await self.handle_hint(hint, "admin")
 
     @staticmethod
     async def _portals_with_member(user_uuid: str) -> set[str]:
@@ -248,6 +256,9 @@ class SyncService:
     async def _reconcile(self, project_uuid: str, reasons: frozenset[str]) -> Result | None:
         portal = await Portal.get_by_project(project_uuid)
         if portal is not None and portal.state == states.DISABLED and REACTIVATE not in reasons:
+            closing = sorted(r for r in reasons if r.startswith(f"{CLOSE}:"))
+            if closing and portal.room_id:
+                await self._close(portal, closing[0].split(":", 1)[1])
             return None
         try:
             view = await self._view(project_uuid, reasons)
@@ -291,37 +302,92 @@ class SyncService:
         )
         return portal
 
-    async def create_portal(self, project_uuid: str) -> None:
+    async def create_portal(self, project_uuid: str, wait: bool = False) -> None:
         """Admin action: create (or re-sync) the room of one project regardless of the mode."""
-        self.request_project(project_uuid, CREATE)
+        if wait:
+            await self.queue.request_and_wait(canonical_uuid(project_uuid), CREATE)
+        else:
+            self.request_project(project_uuid, CREATE)
+
+    async def sync_now(self, project_uuid: str, reason: str = "admin") -> None:
+        await self.queue.request_and_wait(canonical_uuid(project_uuid), reason)
 
     async def reactivate(self, portal: Portal) -> None:
-        self.request_project(portal.project_uuid, REACTIVATE)
+        await self.queue.request_and_wait(portal.project_uuid, REACTIVATE)
 
-    async def disable(self, portal: Portal, reason: str) -> Result:
-        """Close a portal: a notice, every managed member removed, the room and state kept."""
-        log.info(
-            "Disabling portal %s of project %s: %s", portal.room_id, portal.project_uuid, reason
-        )
+    async def preview(self, project_uuid: str) -> Plan:
+        """What a reconcile would do now, without doing it (for --dry-run)."""
+        portal = await Portal.get_by_project(project_uuid)
+        if portal is None or not portal.room_id:
+            raise ValueError("this project has no room yet")
         try:
-            await portal.notice(f"This room was closed: {reason}.")
-        except Exception as e:
-            log.warning("Could not post the closing notice in %s: %s", portal.room_id, e)
-        project = ProjectInfo(
+            view = await self.directory.read_project(project_uuid)
+        except ProjectGone:
+            view = ProjectView(self._gone_project(portal), [], {}, {}, complete=True)
+            return await self.reconciler.preview(portal, view, active=False)
+        return await self.reconciler.preview(portal, view)
+
+    async def approve_held(self, project_uuid: str) -> Result:
+        """Carry out held removals after a fresh read (those who regained a role stay)."""
+        portal = await Portal.get_by_project(project_uuid)
+        if portal is None or not portal.is_active:
+            raise ValueError("this project has no active room")
+        view = await self.directory.read_project(project_uuid)
+        if not view.complete:
+            raise IncompleteRead("; ".join(view.problems))
+        unguarded = dataclasses.replace(self.policy, max_removal_share=1.0)
+        result = await self.reconciler.reconcile(portal, view, policy=unguarded)
+        self._reported_holds.pop(project_uuid, None)
+        return result
+
+    async def reject_held(self, project_uuid: str) -> list[str]:
+        """Keep the people whose removal was held: they stay until an admin says otherwise
+        or their Waldur roles change (they are treated like people a moderator added)."""
+        held = await HeldRemoval.all(project_uuid)
+        for item in held:
+            member = await PortalMember.get(project_uuid, item.mxid)
+            member = member or PortalMember(project_uuid=project_uuid, mxid=item.mxid)
+            member.added_by = "moderator"
+            await member.save()
+        await HeldRemoval.clear_project(project_uuid)
+        self.reconciler.forget_held(project_uuid)
+        self._reported_holds.pop(project_uuid, None)
+        return [h.mxid for h in held]
+
+    @staticmethod
+    def _gone_project(portal: Portal) -> ProjectInfo:
+        return ProjectInfo(
             uuid=portal.project_uuid,
             customer_uuid=portal.customer_uuid,
             name=portal.name,
             description="",
             customer_name="",
         )
-        view = ProjectView(project, [], {}, {}, complete=True)
-        result = await self.reconciler.reconcile(
-            portal, view, active=False, inactive_reason=reason
+
+    async def disable(self, portal: Portal, reason: str) -> Result:
+        """Close a portal: a notice, every managed member removed, the room and state kept."""
+        log.info(
+            "Disabling portal %s of project %s: %s", portal.room_id, portal.project_uuid, reason
         )
+        # Marked first, so that no run that starts meanwhile invites anyone back.
         portal.state = states.DISABLED
         portal.error = None
         await portal.save()
         self.reconciler.forget_held(portal.project_uuid)
+        try:
+            await portal.notice(f"This room was closed: {reason}.")
+        except Exception as e:
+            log.warning("Could not post the closing notice in %s: %s", portal.room_id, e)
+        return await self._close(portal, reason)
+
+    async def _close(self, portal: Portal, reason: str) -> Result:
+        view = ProjectView(self._gone_project(portal), [], {}, {}, complete=True)
+        result = await self.reconciler.reconcile(
+            portal, view, active=False, inactive_reason=reason
+        )
+        if result.outcome.failed:
+            # The queue retries the removals that failed; the room stays closed meanwhile.
+            self.request_project(portal.project_uuid, f"{CLOSE}:{reason}")
         return result
 
     async def _report_holds(self, portal: Portal, result: Result) -> None:

@@ -21,6 +21,10 @@ def mount_web(bridge: WaldurBridge) -> None:
         bridge.az.app.add_subapp(
             config["waldur.webhook.path_prefix"].rstrip("/"), bridge.webhook.app
         )
+    if config["bridge.provisioning.enabled"]:
+        from .provisioning import mount_provisioning
+
+        mount_provisioning(bridge)
 
 
 __all__ = ["WebhookReceiver", "mount_web"]

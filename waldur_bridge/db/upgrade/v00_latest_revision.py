@@ -90,6 +90,13 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
             updated_at BIGINT NOT NULL
         )"""
     )
+    # Small facts the bridge keeps about itself (the management room it created, say).
+    await conn.execute(
+        """CREATE TABLE bridge_state (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )"""
+    )
     # Every invite, join, kick and power-level change, with its cause and outcome.
     await conn.execute(
         f"""CREATE TABLE audit_log (

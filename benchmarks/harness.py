@@ -1,0 +1,323 @@
+"""The benchmark's environment: one Synapse, a Waldur simulator, the real bridge in-process,
+and the instruments that watch them (homeserver request counter, join watcher, memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import re
+import resource
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from mautrix.api import HTTPAPI
+from mautrix.types import EventType, Membership
+
+from waldur_bridge.devenv.synapse import LocalSynapse, free_port, write_registration
+from waldur_bridge.devenv.testing import BridgeRunner, make_registration, write_config
+from waldur_bridge.simulator import WaldurSimulator
+
+log = logging.getLogger("bench")
+
+# The timers stay out of the way: the benchmark drives sweeps itself.
+QUIET_FEEDS: dict[str, Any] = {
+    "waldur.sweep_interval": 3600,
+    "waldur.events.interval": 3600,
+    "waldur.retry.attempts": 2,
+    "waldur.retry.backoff_initial": 0.05,
+    "waldur.retry.backoff_max": 0.2,
+    "waldur.timeout": 30,
+    "bridge.portals.create": "all",
+    "waldur.webhook.enabled": True,
+    "waldur.webhook.register": False,
+}
+
+
+# region homeserver request counter
+
+
+_ID_SEGMENT = re.compile(r"/(?:[!@#$%][^/]*|\d+|[A-Za-z0-9_=@-]{20,})(?=/|$)")
+
+
+class HomeserverCounter:
+    """Counts every homeserver request the bridge's mautrix client sends (class-level patch of
+    HTTPAPI._send, so child intents of puppets are counted too). The benchmark's own traffic
+    uses plain aiohttp and is not counted."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+        self._original: Any = None
+
+    def install(self) -> None:
+        if self._original is not None:
+            return
+        original = HTTPAPI._send
+        counts, seconds = self.counts, self.seconds
+
+        async def counting_send(api: HTTPAPI, method: Any, url: Any, *args: Any, **kw: Any):
+            key = f"{method} {_ID_SEGMENT.sub('/{id}', str(url.path))}"
+            counts[key] += 1
+            started = time.perf_counter()
+            try:
+                return await original(api, method, url, *args, **kw)
+            finally:
+                seconds[key] += time.perf_counter() - started
+
+        self._original = original
+        HTTPAPI._send = counting_send  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        if self._original is not None:
+            HTTPAPI._send = self._original  # type: ignore[method-assign]
+            self._original = None
+
+    def snapshot(self) -> tuple[Counter[str], Counter[str]]:
+        return Counter(self.counts), Counter(self.seconds)
+
+    @staticmethod
+    def delta(
+        before: tuple[Counter[str], Counter[str]], after: tuple[Counter[str], Counter[str]]
+    ) -> dict[str, Any]:
+        diff = after[0].copy()
+        diff.subtract(before[0])
+        busy = after[1].copy()
+        busy.subtract(before[1])
+        items = {k: v for k, v in diff.items() if v}
+        writes = {k: v for k, v in items.items() if not k.startswith("GET ")}
+        return {
+            "requests": sum(items.values()),
+            "reads": sum(v for k, v in items.items() if k.startswith("GET ")),
+            "writes": sum(writes.values()),
+            "writes_by_endpoint": dict(sorted(writes.items(), key=lambda kv: -kv[1])),
+            "reads_by_endpoint": dict(
+                sorted(
+                    ((k, v) for k, v in items.items() if k.startswith("GET ")),
+                    key=lambda kv: -kv[1],
+                )
+            ),
+            "mean_ms_by_endpoint": {
+                k: round(1000 * busy[k] / v, 1) for k, v in sorted(items.items())
+            },
+            "busy_seconds": round(sum(busy[k] for k in items), 3),
+        }
+
+
+# endregion
+# region join watcher
+
+
+class JoinWatcher:
+    """Sees joins as the homeserver pushes them to the appservice (the bridge's own AS server),
+    so the bridge's joins and the bare loop's joins are observed the same way."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, str], asyncio.Future[float]] = {}
+        self.seen = 0
+
+    def attach(self, bridge: Any) -> None:
+        bridge.az.matrix_event_handler(self.on_event)
+
+    def expect(self, room_id: str, user_id: str) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiting[(room_id, user_id)] = future
+        return future
+
+    async def on_event(self, evt: Any) -> None:
+        if evt.type != EventType.ROOM_MEMBER:
+            return
+        if evt.content.membership != Membership.JOIN:
+            return
+        now = time.perf_counter()
+        self.seen += 1
+        future = self._waiting.pop((str(evt.room_id), str(evt.state_key)), None)
+        if future is not None and not future.done():
+            future.set_result(now)
+
+
+# endregion
+# region memory
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (Linux /proc)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except OSError:
+        return -1.0
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def memory(label: str) -> dict[str, Any]:
+    gc.collect()
+    return {"at": label, "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb()}
+
+
+# endregion
+# region environment
+
+
+class Homeserver:
+    """One Synapse for the whole run, with the bridge's own registration."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.as_port = free_port()
+        tokens = {"as_token": secrets.token_hex(16), "hs_token": secrets.token_hex(16)}
+        self.registration = make_registration(self.as_port, tokens)
+        self.registration_path = write_registration(
+            workdir / "synapse" / "registration.yaml", self.registration
+        )
+        self.synapse = LocalSynapse(workdir / "synapse", registration_path=self.registration_path)
+
+    @property
+    def url(self) -> str:
+        return self.synapse.url
+
+    @property
+    def domain(self) -> str:
+        return self.synapse.server_name
+
+    @property
+    def as_token(self) -> str:
+        return str(self.registration["as_token"])
+
+    @property
+    def hs_token(self) -> str:
+        return str(self.registration["hs_token"])
+
+    @property
+    def bot(self) -> str:
+        return f"@{self.registration['sender_localpart']}:{self.domain}"
+
+    async def start(self) -> None:
+        await self.synapse.start()
+
+    async def stop(self) -> None:
+        await self.synapse.stop()
+
+
+class BridgeHandle:
+    """The real bridge on this event loop, against the given simulator, with its own DB."""
+
+    def __init__(
+        self,
+        hs: Homeserver,
+        sim: WaldurSimulator,
+        workdir: Path,
+        watcher: JoinWatcher,
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
+        self.defaults = dict(defaults or {})
+        self.hs = hs
+        self.sim = sim
+        self.workdir = workdir
+        self.watcher = watcher
+        self.config_path = workdir / "config.yaml"
+        self.runner: BridgeRunner | None = None
+        self.bridge: Any = None
+
+    async def start(self, **overrides: Any) -> Any:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        write_config(
+            self.config_path,
+            homeserver_url=self.hs.url,
+            domain=self.hs.domain,
+            as_port=self.hs.as_port,
+            waldur_url=self.sim.url,
+            waldur_token=self.sim.staff_token,
+            database=f"sqlite:{self.workdir / 'bridge.db'}",
+            as_token=self.hs.as_token,
+            hs_token=self.hs.hs_token,
+            overrides={**QUIET_FEEDS, **self.defaults, **overrides},
+        )
+        self.runner = BridgeRunner(self.config_path)
+        self.bridge = await self.runner.start()
+        self.watcher.attach(self.bridge)
+        return self.bridge
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.stop()
+        self.runner = None
+        self.bridge = None
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.hs.as_port}{self.bridge.config.webhook_path}"
+
+    async def wait_first_sweep(self, timeout: float = 300) -> None:
+        """The sweep loop sweeps once at start; wait for it and for the work it queued."""
+        deadline = time.monotonic() + timeout
+        while not self.bridge.sync.last_sweep:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the bridge's first sweep did not finish")
+            await asyncio.sleep(0.05)
+        await self.settle(timeout)
+
+    async def settle(self, timeout: float = 300) -> None:
+        await self.sim.drain_hooks()
+        await self.bridge.sync.wait_idle(timeout)
+
+    async def portal_room(self, project_uuid: str) -> str:
+        from waldur_bridge.portal import Portal
+
+        portal = await Portal.get_by_project(project_uuid)
+        if portal is None or not portal.room_id:
+            raise RuntimeError(f"project {project_uuid} has no portal room")
+        return str(portal.room_id)
+
+    def puppet(self, username: str) -> str:
+        return f"@waldur_{username}:{self.hs.domain}"
+
+
+async def timed(coro: Awaitable[Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = await coro
+    return time.perf_counter() - started, result
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summarize_ms(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    ms = [v * 1000 for v in values]
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 1),
+        "p99_ms": round(percentile(ms, 99), 1),
+        "min_ms": round(min(ms), 1),
+        "max_ms": round(max(ms), 1),
+        "mean_ms": round(sum(ms) / len(ms), 1),
+    }
+
+
+async def bounded(limit: int, jobs: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Run the jobs with at most `limit` in flight, in order of the list."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(job: Callable[[], Awaitable[Any]]) -> Any:
+        async with semaphore:
+            return await job()
+
+    return await asyncio.gather(*(run(job) for job in jobs))
+
+
+# endregion

@@ -1,0 +1,184 @@
+"""The bare-loop baseline: what the same Synapse does for the same appservice with plain HTTP.
+
+Everything goes through the bridge's own registration (the only appservice Synapse knows):
+the bot creates and invites with the AS token, ghosts in the ``@waldur_`` namespace are
+registered with ``m.login.application_service`` + ``inhibit_login`` and impersonated with
+``?user_id=``. The ghosts' localparts (``waldur_raw<tag>_...``) never collide with puppets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from harness import JoinWatcher, bounded, summarize_ms
+
+_txn = itertools.count(1)
+
+
+class RawHomeserverError(RuntimeError):
+    pass
+
+
+class RawClient:
+    def __init__(self, url: str, as_token: str, domain: str, bot: str) -> None:
+        self.url = url.rstrip("/")
+        self.domain = domain
+        self.bot = bot
+        self._headers = {"Authorization": f"Bearer {as_token}"}
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+        self.requests = 0
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        user_id: str | None = None,
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        query = dict(params or {})
+        if user_id is not None:
+            query["user_id"] = user_id
+        self.requests += 1
+        async with self._session.request(
+            method,
+            f"{self.url}/_matrix/client/v3{path}",
+            json=body if method != "GET" else None,
+            params=query,
+            headers=self._headers,
+        ) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 300:
+                raise RawHomeserverError(f"{method} {path}: {resp.status} {data}")
+            return data
+
+    def mxid(self, localpart: str) -> str:
+        return f"@{localpart}:{self.domain}"
+
+    async def register(self, localpart: str) -> str:
+        try:
+            await self.call(
+                "POST",
+                "/register",
+                {
+                    "type": "m.login.application_service",
+                    "username": localpart,
+                    "inhibit_login": True,
+                },
+                params={"kind": "user"},
+            )
+        except RawHomeserverError as e:
+            if "M_USER_IN_USE" not in str(e):
+                raise
+        return self.mxid(localpart)
+
+    async def set_displayname(self, user_id: str, name: str) -> None:
+        await self.call(
+            "PUT",
+            f"/profile/{quote(user_id)}/displayname",
+            {"displayname": name},
+            user_id=user_id,
+        )
+
+    async def create_room(self, name: str) -> str:
+        data = await self.call("POST", "/createRoom", {"preset": "private_chat", "name": name})
+        return str(data["room_id"])
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        await self.call("POST", f"/rooms/{quote(room_id)}/invite", {"user_id": user_id})
+
+    async def join(self, room_id: str, user_id: str) -> None:
+        await self.call("POST", f"/rooms/{quote(room_id)}/join", {}, user_id=user_id)
+
+    async def members(self, room_id: str) -> dict[str, str]:
+        data = await self.call("GET", f"/rooms/{quote(room_id)}/members")
+        return {e["state_key"]: e["content"]["membership"] for e in data["chunk"]}
+
+
+async def throughput(
+    client: RawClient, tag: str, rooms: int, per_room: int, concurrency: int
+) -> dict[str, Any]:
+    """Register rooms*per_room ghosts, create `rooms` rooms one at a time, then invite+join
+    every ghost into its room with `concurrency` pairs in flight (each pair: the bot's invite,
+    then the ghost's join). Pairs are ordered round-robin over the rooms, the best case for
+    Synapse (membership events of one room are persisted one after another)."""
+    ghosts = [[f"waldur_raw{tag}_{r:03d}_{m:03d}" for m in range(per_room)] for r in range(rooms)]
+    flat = [g for row in ghosts for g in row]
+
+    started = time.perf_counter()
+    await bounded(concurrency, [lambda g=g: client.register(g) for g in flat])
+    register_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    room_ids = [await client.create_room(f"raw {tag} {r}") for r in range(rooms)]
+    create_s = time.perf_counter() - started
+
+    async def pair(room_id: str, localpart: str) -> None:
+        user_id = client.mxid(localpart)
+        await client.invite(room_id, user_id)
+        await client.join(room_id, user_id)
+
+    order = [
+        (room_ids[r], ghosts[r][m]) for m in range(per_room) for r in range(rooms)
+    ]  # round-robin over rooms
+    started = time.perf_counter()
+    await bounded(concurrency, [lambda p=p: pair(*p) for p in order])
+    pairs_s = time.perf_counter() - started
+
+    pairs = rooms * per_room
+    return {
+        "rooms": rooms,
+        "pairs": pairs,
+        "concurrency": concurrency,
+        "register_seconds": round(register_s, 3),
+        "registrations_per_s": round(pairs / register_s, 1),
+        "create_room_seconds": round(create_s, 3),
+        "create_room_per_s": round(rooms / create_s, 2),
+        "pairs_seconds": round(pairs_s, 3),
+        "pairs_per_s": round(pairs / pairs_s, 2),
+        "membership_changes_per_s": round(2 * pairs / pairs_s, 2),
+        "room_ids": room_ids,
+    }
+
+
+async def latency(
+    client: RawClient,
+    watcher: JoinWatcher,
+    tag: str,
+    samples: int,
+    room_size: int,
+    pause: float = 0.1,
+) -> dict[str, Any]:
+    """Invite+join of one registered ghost at a time into a room of `room_size` members:
+    the time until the join call returns, and until the homeserver pushes the join to the
+    appservice (observed the same way as the bridge's joins)."""
+    room_id = await client.create_room(f"raw latency {tag}")
+    fillers = [await client.register(f"waldur_raw{tag}_fill_{i:03d}") for i in range(room_size)]
+    for user_id in fillers:
+        await client.invite(room_id, user_id)
+        await client.join(room_id, user_id)
+    ghosts = [await client.register(f"waldur_raw{tag}_lat_{i:03d}") for i in range(samples)]
+    returned: list[float] = []
+    observed: list[float] = []
+    for user_id in ghosts:
+        seen = watcher.expect(room_id, user_id)
+        started = time.perf_counter()
+        await client.invite(room_id, user_id)
+        await client.join(room_id, user_id)
+        returned.append(time.perf_counter() - started)
+        observed.append(await asyncio.wait_for(seen, 10) - started)
+        await asyncio.sleep(pause)
+    return {
+        "room_size": room_size + 1,
+        "call_return": summarize_ms(returned),
+        "join_pushed_to_appservice": summarize_ms(observed),
+    }

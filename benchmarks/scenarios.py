@@ -1,0 +1,380 @@
+"""The measured scenarios: initial sync, steady-state sweep, grant-to-join latency, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import raw
+from harness import (
+    BridgeHandle,
+    Homeserver,
+    HomeserverCounter,
+    JoinWatcher,
+    memory,
+    summarize_ms,
+)
+
+from waldur_bridge.simulator import WaldurSimulator, seed_bulk
+
+WEBHOOK_GROUPS = ("permissions", "projects", "users")
+
+
+@dataclass
+class Team:
+    project: str
+    customer: str
+    users: list[str] = field(default_factory=list)
+    usernames: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    hs: Homeserver
+    client: raw.RawClient
+    watcher: JoinWatcher
+    counter: HomeserverCounter
+    workdir: Path
+    concurrency: int
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return {"bridge.membership.concurrency": self.concurrency}
+
+
+def build_teams(sim: WaldurSimulator, projects: int, members: int, tag: str) -> list[Team]:
+    """`projects` projects of `members` distinct users each: the first is PROJECT.ADMIN (one
+    power-level change per room), the rest PROJECT.MEMBER. No organization roles, so the
+    rooms hold exactly projects*members people besides the bot. Built without events."""
+    teams: list[Team] = []
+    with sim.quiet():
+        customers = [sim.add_customer(f"{tag} Org {i}") for i in range((projects + 9) // 10)]
+        for p in range(projects):
+            customer = customers[p // 10]
+            team = Team(sim.add_project(customer, f"{tag} project {p}", "bench"), customer)
+            for m in range(members):
+                username = f"{tag}{p:03d}m{m:03d}"
+                user = sim.add_user(username, f"{tag.title()} User {p}.{m}")
+                role = "PROJECT.ADMIN" if m == 0 else "PROJECT.MEMBER"
+                sim.grant(user, team.project, role)
+                team.users.append(user)
+                team.usernames.append(username)
+            teams.append(team)
+    return teams
+
+
+def cross_grants(teams: list[Team]) -> Iterator[tuple[str, str, str]]:
+    """(user uuid, username, project uuid) for people already in one room (registered puppets)
+    who get a role in another project: every pair at most once, round-robin over projects."""
+    n = len(teams)
+    members = len(teams[0].users)
+    for m in range(members):
+        for offset in range(1, n):
+            for j in range(n):
+                source = teams[(j + offset) % n]
+                yield source.users[m], source.usernames[m], teams[j].project
+
+
+def _counts(handle: BridgeHandle) -> dict[str, Any]:
+    bridge = handle.bridge
+    return {
+        "executor_writes": bridge.sync.executor.writes,
+        "waldur_requests": bridge.waldur.stats.requests,
+        "sim_requests": handle.sim.total_requests,
+    }
+
+
+def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    return {k: after[k] - before[k] for k in before}
+
+
+async def _room_members_ok(ctx: Context, handle: BridgeHandle, teams: list[Team]) -> bool:
+    for team in teams:
+        room_id = await handle.portal_room(team.project)
+        joined = {u for u, m in (await ctx.client.members(room_id)).items() if m == "join"}
+        expected = {handle.puppet(name) for name in team.usernames} | {ctx.hs.bot}
+        if not expected <= joined:
+            return False
+    return True
+
+
+# region (2) steady state and (4) memory
+
+
+async def steady_state(
+    ctx: Context, *, projects: int, grants: int, portals: int | None, sweeps: int
+) -> dict[str, Any]:
+    """seed_bulk on a fresh simulator; the bridge (create: none) makes `portals` portals through
+    its admin path (create_portal), then sweeps with nothing changed."""
+    mem = [memory("start of the steady-state phase")]
+    sim = WaldurSimulator()
+    await sim.start()
+    handle = BridgeHandle(ctx.hs, sim, ctx.workdir / "bridge-steady", ctx.watcher, ctx.overrides)
+    result: dict[str, Any] = {}
+    try:
+        started = time.perf_counter()
+        seeded = seed_bulk(sim, projects=projects, grants=grants)
+        result["seed"] = {
+            "projects": len(seeded["projects"]),
+            "grants": seeded["grants"],
+            "users": len(seeded["users"]),
+            "customers": len(seeded["customers"]),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        mem.append(memory("simulator seeded"))
+        await handle.start(**{"bridge.portals.create": "none"})
+        await handle.wait_first_sweep()
+        mem.append(memory("bridge started, first sweep (no portals) done"))
+        bridge = handle.bridge
+
+        chosen = seeded["projects"] if portals is None else seeded["projects"][:portals]
+        c0, h0 = _counts(handle), ctx.counter.snapshot()
+        started = time.perf_counter()
+        for project_uuid in chosen:
+            await bridge.sync.create_portal(project_uuid)
+        await handle.settle(timeout=7200)
+        creation_s = time.perf_counter() - started
+        hs_delta = ctx.counter.delta(h0, ctx.counter.snapshot())
+        joins = hs_delta["writes_by_endpoint"].get("POST /_matrix/client/v3/rooms/{id}/join", 0)
+        result["portal_creation"] = {
+            "portals": len(chosen),
+            "seconds": round(creation_s, 2),
+            "joins": joins,
+            "pairs_per_s": round(joins / creation_s, 2),
+            "homeserver_writes": hs_delta["writes"],
+            "homeserver_writes_per_s": round(hs_delta["writes"] / creation_s, 2),
+            "failed_runs": bridge.sync.queue.failures,
+            **_delta(c0, _counts(handle)),
+        }
+        mem.append(memory(f"{len(chosen)} portals created"))
+
+        runs = []
+        for i in range(sweeps):
+            await asyncio.sleep(0.5)
+            sim.reset_request_log()
+            c0, h0 = _counts(handle), ctx.counter.snapshot()
+            reconciles0 = bridge.sync.queue.runs
+            started = time.perf_counter()
+            queued = await bridge.sync.sweep()
+            read_s = time.perf_counter() - started
+            await handle.settle(timeout=3600)
+            wall = time.perf_counter() - started
+            counts = _delta(c0, _counts(handle))
+            hs_delta = ctx.counter.delta(h0, ctx.counter.snapshot())
+            sim_busy = sum(r.duration for r in sim.request_log)
+            scale = len(seeded["projects"]) + seeded["grants"]
+            run = {
+                "sweep": i + 1,
+                "portals_reconciled": bridge.sync.queue.runs - reconciles0,
+                "portals_queued": queued,
+                "wall_seconds": round(wall, 3),
+                "bulk_read_seconds": round(read_s, 3),
+                "reconcile_seconds": round(wall - read_s, 3),
+                "simulator_busy_seconds": round(sim_busy, 3),
+                "waldur_requests": counts["waldur_requests"],
+                "waldur_requests_by_endpoint": dict(sim.request_counts.most_common()),
+                "waldur_requests_per_100_grants_and_projects": round(
+                    100 * counts["waldur_requests"] / scale, 3
+                ),
+                "homeserver_writes_executor": counts["executor_writes"],
+                "homeserver_writes_http": hs_delta["writes"],
+                "homeserver_writes_by_endpoint": hs_delta["writes_by_endpoint"],
+                "homeserver_reads": hs_delta["reads"],
+                "homeserver_reads_by_endpoint": hs_delta["reads_by_endpoint"],
+            }
+            if len(chosen) < len(seeded["projects"]) and chosen:
+                per_portal = (wall - read_s) / len(chosen)
+                run["estimated_wall_seconds_all_portals"] = round(
+                    read_s + per_portal * len(seeded["projects"]), 2
+                )
+                run["estimate_basis"] = (
+                    f"bulk read measured; reconcile time per portal ({per_portal * 1000:.1f} ms)"
+                    f" x {len(seeded['projects'])} portals"
+                )
+            runs.append(run)
+        result["sweeps"] = runs
+        mem.append(memory(f"after {sweeps} steady sweeps"))
+        sim_share = mem[1]["rss_mb"] - mem[0]["rss_mb"]
+        result["memory"] = {
+            "snapshots": mem,
+            "portals": len(chosen),
+            "simulator_seed_rss_mb": round(sim_share, 1),
+            "process_rss_mb": mem[-1]["rss_mb"],
+            "bridge_estimate_rss_mb": round(mem[-1]["rss_mb"] - sim_share, 1),
+            "note": (
+                "process RSS includes the in-process Waldur simulator (seeded world counted in "
+                "simulator_seed_rss_mb), the bare-loop client and the interpreter; "
+                "bridge_estimate_rss_mb subtracts the simulator's seed delta"
+            ),
+        }
+        return result
+    finally:
+        await handle.stop()
+        await sim.stop()
+
+
+# endregion
+# region (1) initial sync and (3) latency
+
+
+async def initial_sync_and_latency(
+    ctx: Context,
+    *,
+    projects: int,
+    members: int,
+    samples: int,
+    event_samples: int,
+    events_interval: float,
+) -> dict[str, Any]:
+    sim = WaldurSimulator()
+    await sim.start()
+    handle = BridgeHandle(ctx.hs, sim, ctx.workdir / "bridge-initial", ctx.watcher, ctx.overrides)
+    result: dict[str, Any] = {}
+    try:
+        await handle.start()
+        await handle.wait_first_sweep()  # an empty Waldur: nothing to do yet
+        bridge = handle.bridge
+
+        raw_before = await raw.throughput(ctx.client, "a", projects, members, ctx.concurrency)
+        teams = build_teams(sim, projects, members, "isync")
+
+        c0, h0 = _counts(handle), ctx.counter.snapshot()
+        started = time.perf_counter()
+        await bridge.sync.sweep()
+        read_s = time.perf_counter() - started
+        await handle.settle(timeout=3600)
+        sync_s = time.perf_counter() - started
+        counts = _delta(c0, _counts(handle))
+        hs_delta = ctx.counter.delta(h0, ctx.counter.snapshot())
+        complete = await _room_members_ok(ctx, handle, teams)
+
+        raw_after = await raw.throughput(ctx.client, "b", projects, members, ctx.concurrency)
+        pairs = projects * members
+        raw_rate = (raw_before["pairs_per_s"] + raw_after["pairs_per_s"]) / 2
+        raw_create = (raw_before["create_room_per_s"] + raw_after["create_room_per_s"]) / 2
+        raw_register = (raw_before["registrations_per_s"] + raw_after["registrations_per_s"]) / 2
+        # The same work as the bridge's (rooms, registrations, pairs) done by the bare loop.
+        raw_full_s = projects / raw_create + pairs / raw_register + pairs / raw_rate
+        writes = hs_delta["writes_by_endpoint"]
+        result["initial_sync"] = {
+            "projects": projects,
+            "members_per_project": members,
+            "pairs": pairs,
+            "rooms_complete": complete,
+            "seconds": round(sync_s, 3),
+            "bulk_read_seconds": round(read_s, 3),
+            "pairs_per_s": round(pairs / sync_s, 2),
+            "membership_changes_per_s": round(2 * pairs / sync_s, 2),
+            "rooms_created": writes.get("POST /_matrix/client/v3/createRoom", 0),
+            "rooms_per_s": round(projects / sync_s, 2),
+            "homeserver_writes": hs_delta["writes"],
+            "homeserver_writes_by_endpoint": writes,
+            "homeserver_reads": hs_delta["reads"],
+            "waldur_requests": counts["waldur_requests"],
+            "raw": {
+                "before": {k: v for k, v in raw_before.items() if k != "room_ids"},
+                "after": {k: v for k, v in raw_after.items() if k != "room_ids"},
+                "pairs_per_s": round(raw_rate, 2),
+                "create_room_per_s": round(raw_create, 2),
+                "registrations_per_s": round(raw_register, 1),
+                "same_work_seconds": round(raw_full_s, 2),
+                "same_work_pairs_per_s": round(pairs / raw_full_s, 2),
+            },
+            "ratio_to_raw_pairs": round(pairs / sync_s / raw_rate, 3),
+            "ratio_to_raw_same_work": round(raw_full_s / sync_s, 3),
+        }
+
+        # A second sweep with nothing changed: no writes.
+        c0, h0 = _counts(handle), ctx.counter.snapshot()
+        started = time.perf_counter()
+        await bridge.sync.sweep()
+        await handle.settle()
+        result["initial_sync"]["second_sweep"] = {
+            "seconds": round(time.perf_counter() - started, 3),
+            "homeserver_writes_http": ctx.counter.delta(h0, ctx.counter.snapshot())["writes"],
+            **_delta(c0, _counts(handle)),
+        }
+
+        # (3) latency: raw, then the bridge through the web hook, then through the events poll.
+        grants = cross_grants(teams)
+        raw_latency = await raw.latency(ctx.client, ctx.watcher, "lat", samples, members)
+        hook = sim.add_hook(handle.webhook_url, event_groups=WEBHOOK_GROUPS)
+        await asyncio.sleep(0.2)
+        via_hook = await _grant_latency(ctx, handle, grants, samples)
+        via_hook_new = await _grant_latency(ctx, handle, None, samples, teams=teams, tag="hook")
+        sim.remove_hook(hook)
+        await handle.stop()
+
+        await handle.start(
+            **{"waldur.events.interval": events_interval, "waldur.events.overlap": 5}
+        )
+        h0 = ctx.counter.snapshot()
+        await handle.wait_first_sweep()
+        restart_writes = ctx.counter.delta(h0, ctx.counter.snapshot())["writes"]
+        await asyncio.sleep(events_interval * 2)  # the poller's first rounds
+        await handle.settle()
+        via_events = await _grant_latency(ctx, handle, grants, event_samples)
+        result["latency"] = {
+            "definition": (
+                "from the Waldur change (grant call) to the homeserver pushing the puppet's "
+                "join to the appservice; raw: from the invite call to the same push"
+            ),
+            "raw_invite_join": raw_latency,
+            "webhook_existing_puppet": via_hook,
+            "webhook_new_user": via_hook_new,
+            "events_poll_existing_puppet": via_events,
+            "webhook_delivery_delay_ms": round(sim.hook_dispatcher.delay * 1000, 1),
+            "events_poll_interval_s": events_interval,
+            "restart_sweep_homeserver_writes": restart_writes,
+        }
+        return result
+    finally:
+        await handle.stop()
+        await sim.stop()
+
+
+async def _grant_latency(
+    ctx: Context,
+    handle: BridgeHandle,
+    grants: Iterator[tuple[str, str, str]] | None,
+    samples: int,
+    *,
+    teams: list[Team] | None = None,
+    tag: str = "",
+    timeout: float = 30,
+) -> dict[str, Any]:
+    """Grant PROJECT.MEMBER, then wait for the puppet's join. With `grants`, people who are
+    already puppets in another room; otherwise a new Waldur user each time (registration and
+    display name come first)."""
+    sim = handle.sim
+    values: list[float] = []
+    reads: list[int] = []
+    for i in range(samples):
+        if grants is not None:
+            user, username, project = next(grants)
+        else:
+            assert teams is not None
+            project = teams[i % len(teams)].project
+            username = f"latnew{tag}{i:03d}"
+            user = sim.add_user(username, f"New User {i}")
+            await sim.drain_hooks()
+            await handle.settle()
+        room_id = await handle.portal_room(project)
+        seen = ctx.watcher.expect(room_id, handle.puppet(username))
+        requests0 = handle.bridge.waldur.stats.requests
+        started = time.perf_counter()
+        sim.grant(user, project, "PROJECT.MEMBER")
+        values.append(await asyncio.wait_for(seen, timeout) - started)
+        await handle.settle()
+        reads.append(handle.bridge.waldur.stats.requests - requests0)
+        await asyncio.sleep(0.05)
+    summary = summarize_ms(values)
+    summary["waldur_requests_per_change"] = round(sum(reads) / max(1, len(reads)), 1)
+    return summary
+
+
+# endregion
