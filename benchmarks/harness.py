@@ -164,6 +164,47 @@ def memory(label: str) -> dict[str, Any]:
     return {"at": label, "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb()}
 
 
+def process_cpu_seconds(pid: int | None = None) -> float:
+    """User+system CPU seconds of a process (this one by default), from /proc."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return -1.0
+
+
+class CpuMeter:
+    """CPU seconds used by Synapse and by this process (bridge, simulator, client) over a span."""
+
+    def __init__(self, synapse_pid: int | None) -> None:
+        self.synapse_pid = synapse_pid
+        self._start = (0.0, 0.0, 0.0)
+
+    def start(self) -> CpuMeter:
+        self._start = (
+            time.perf_counter(),
+            process_cpu_seconds(self.synapse_pid) if self.synapse_pid else -1.0,
+            process_cpu_seconds(),
+        )
+        return self
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._start[0]
+        syn = process_cpu_seconds(self.synapse_pid) - self._start[1] if self.synapse_pid else -1
+        own = process_cpu_seconds() - self._start[2]
+        return {
+            "wall_s": round(wall, 3),
+            "synapse_cpu_s": round(syn, 2),
+            "synapse_cpu_share": round(syn / wall, 2) if wall else 0.0,
+            "bench_process_cpu_s": round(own, 2),
+            "bench_process_cpu_share": round(own / wall, 2) if wall else 0.0,
+        }
+
+
 # endregion
 # region environment
 
@@ -203,6 +244,14 @@ class Homeserver:
 
     async def start(self) -> None:
         await self.synapse.start()
+
+    @property
+    def pid(self) -> int | None:
+        proc = self.synapse._proc
+        return proc.pid if proc is not None else None
+
+    def cpu(self) -> CpuMeter:
+        return CpuMeter(self.pid).start()
 
     async def stop(self) -> None:
         await self.synapse.stop()

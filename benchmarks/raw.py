@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from harness import JoinWatcher, bounded, summarize_ms
+from harness import CpuMeter, JoinWatcher, bounded, summarize_ms
 
 _txn = itertools.count(1)
 
@@ -105,12 +106,19 @@ class RawClient:
 
 
 async def throughput(
-    client: RawClient, tag: str, rooms: int, per_room: int, concurrency: int
+    client: RawClient,
+    tag: str,
+    rooms: int,
+    per_room: int,
+    concurrency: int,
+    cpu: Callable[[], CpuMeter] | None = None,
+    room_major: bool = False,
 ) -> dict[str, Any]:
     """Register rooms*per_room ghosts, create `rooms` rooms one at a time, then invite+join
     every ghost into its room with `concurrency` pairs in flight (each pair: the bot's invite,
     then the ghost's join). Pairs are ordered round-robin over the rooms, the best case for
-    Synapse (membership events of one room are persisted one after another)."""
+    Synapse (membership events of one room are persisted one after another), or room after
+    room with `room_major`."""
     ghosts = [[f"waldur_raw{tag}_{r:03d}_{m:03d}" for m in range(per_room)] for r in range(rooms)]
     flat = [g for row in ghosts for g in row]
 
@@ -127,12 +135,15 @@ async def throughput(
         await client.invite(room_id, user_id)
         await client.join(room_id, user_id)
 
-    order = [
-        (room_ids[r], ghosts[r][m]) for m in range(per_room) for r in range(rooms)
-    ]  # round-robin over rooms
+    if room_major:
+        order = [(room_ids[r], ghosts[r][m]) for r in range(rooms) for m in range(per_room)]
+    else:
+        order = [(room_ids[r], ghosts[r][m]) for m in range(per_room) for r in range(rooms)]
+    meter = cpu() if cpu is not None else None
     started = time.perf_counter()
     await bounded(concurrency, [lambda p=p: pair(*p) for p in order])
     pairs_s = time.perf_counter() - started
+    usage = meter.stop() if meter is not None else None
 
     pairs = rooms * per_room
     return {
@@ -146,6 +157,8 @@ async def throughput(
         "pairs_seconds": round(pairs_s, 3),
         "pairs_per_s": round(pairs / pairs_s, 2),
         "membership_changes_per_s": round(2 * pairs / pairs_s, 2),
+        "order": "room-major" if room_major else "round-robin",
+        "cpu_during_pairs": usage,
         "room_ids": room_ids,
     }
 

@@ -239,20 +239,29 @@ async def initial_sync_and_latency(
         await handle.wait_first_sweep()  # an empty Waldur: nothing to do yet
         bridge = handle.bridge
 
-        raw_before = await raw.throughput(ctx.client, "a", projects, members, ctx.concurrency)
+        raw_before = await raw.throughput(
+            ctx.client, "a", projects, members, ctx.concurrency, ctx.hs.cpu
+        )
         teams = build_teams(sim, projects, members, "isync")
 
         c0, h0 = _counts(handle), ctx.counter.snapshot()
+        meter = ctx.hs.cpu()
         started = time.perf_counter()
         await bridge.sync.sweep()
         read_s = time.perf_counter() - started
         await handle.settle(timeout=3600)
         sync_s = time.perf_counter() - started
+        usage = meter.stop()
         counts = _delta(c0, _counts(handle))
         hs_delta = ctx.counter.delta(h0, ctx.counter.snapshot())
         complete = await _room_members_ok(ctx, handle, teams)
 
-        raw_after = await raw.throughput(ctx.client, "b", projects, members, ctx.concurrency)
+        raw_after = await raw.throughput(
+            ctx.client, "b", projects, members, ctx.concurrency, ctx.hs.cpu
+        )
+        raw_room_major = await raw.throughput(
+            ctx.client, "c", projects, members, ctx.concurrency, ctx.hs.cpu, room_major=True
+        )
         pairs = projects * members
         raw_rate = (raw_before["pairs_per_s"] + raw_after["pairs_per_s"]) / 2
         raw_create = (raw_before["create_room_per_s"] + raw_after["create_room_per_s"]) / 2
@@ -274,8 +283,12 @@ async def initial_sync_and_latency(
             "homeserver_writes": hs_delta["writes"],
             "homeserver_writes_by_endpoint": writes,
             "homeserver_reads": hs_delta["reads"],
+            "homeserver_reads_by_endpoint": hs_delta["reads_by_endpoint"],
+            "homeserver_mean_ms_by_endpoint": hs_delta["mean_ms_by_endpoint"],
+            "cpu": usage,
             "waldur_requests": counts["waldur_requests"],
             "raw": {
+                "room_major": {k: v for k, v in raw_room_major.items() if k != "room_ids"},
                 "before": {k: v for k, v in raw_before.items() if k != "room_ids"},
                 "after": {k: v for k, v in raw_after.items() if k != "room_ids"},
                 "pairs_per_s": round(raw_rate, 2),

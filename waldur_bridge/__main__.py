@@ -9,7 +9,8 @@ from mautrix.bridge import Bridge
 from mautrix.types import RoomID, UserID
 
 from . import __version__
-from .commands import RateLimiter
+from .commands import admin as _admin, room as _room  # noqa: F401  (registers handlers)
+from .commands.handler import RateLimiter, remove_builtins
 from .config import Config, ConfigError
 from .db import init as init_db, upgrade_table
 from .management import ManagementRoom
@@ -139,6 +140,9 @@ class WaldurBridge(Bridge):
             "Portal": Portal,
             "Puppet": Puppet,
         }
+
+
+remove_builtins()
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from mautrix.types import (
 )
 
 from . import portal as po, user as u
-from .commands import WaldurCommandEvent
+from .commands.handler import WaldurCommandEvent
 from .db import AppserviceTxn
 
 if TYPE_CHECKING:

@@ -9,12 +9,16 @@ from mautrix.bridge import BasePortal, async_getter_lock
 from mautrix.errors import MatrixRequestError
 from mautrix.types import (
     EventType,
+    Format,
     MessageEventContent,
+    MessageType,
     PowerLevelStateEventContent,
     RoomCreatePreset,
     RoomID,
+    TextMessageEventContent,
 )
 
+from .commands.format import Reply
 from .db import Portal as DBPortal, portal as states
 
 if TYPE_CHECKING:
@@ -265,8 +269,20 @@ class Portal(DBPortal, BasePortal):
         return await self.main_intent.get_power_levels(self.mxid, ignore_cache=True)
 
     async def notice(self, markdown: str) -> None:
+        """A notice written by the bridge itself (trusted Markdown)."""
         from mautrix.util import markdown as md
 
-        await self.main_intent.send_notice(self.mxid, markdown, html=md.render(markdown))
+        await self.send_reply(Reply(markdown, md.render(markdown)))
+
+    async def send_reply(self, reply: Reply) -> None:
+        """A notice with Waldur content, escaped by `commands.format`; encrypted if the room is."""
+        content = TextMessageEventContent(
+            msgtype=MessageType.NOTICE,
+            body=reply.markdown,
+            format=Format.HTML,
+            formatted_body=reply.html,
+        )
+        content["m.mentions"] = {}
+        await self.bridge.matrix.send_bot_message(self.mxid, content)
 
     # endregion

@@ -14,6 +14,7 @@ import aiohttp
 from waldur_bridge.devenv.synapse import AppserviceHomeserver
 from waldur_bridge.devenv.testing import BridgeRunner, write_config
 from waldur_bridge.simulator import WaldurSimulator
+from waldur_bridge.sync.changes import WEBHOOK_GROUPS
 
 FAST_FEEDS = {
     # The tests drive changes through web hooks and explicit sweeps; the timers stay out of
@@ -76,7 +77,7 @@ class BridgeEnv:
     async def register_webhook(self) -> str:
         config = self.bridge.config
         url = f"http://127.0.0.1:{self.hs.as_port}{config.webhook_path}"
-        self.sim.add_hook(url, event_groups=("permissions", "projects", "users"))
+        self.sim.add_hook(url, event_groups=WEBHOOK_GROUPS)
         return url
 
     async def sweep(self, timeout: float = 60) -> None:

@@ -288,3 +288,46 @@ async def _joined(env: BridgeEnv, room: str, user: str) -> bool:
         if e.status == 403:  # the bot is not in the room (yet)
             return False
         raise
+
+
+async def test_role_and_order_notices(bridge_env: BridgeEnv) -> None:
+    team, room = await setup_room(bridge_env)
+    try:
+        await bridge_env.register_webhook()
+        alice = team.clients["alice"]
+        await alice.mark()
+        sim = bridge_env.sim
+
+        def notice_with(text: str):
+            def match(event: dict[str, Any]) -> bool:
+                content = event.get("content", {})
+                return (
+                    event.get("sender", "").startswith("@waldurbot:")
+                    and content.get("msgtype") == "m.notice"
+                    and text in content.get("body", "")
+                    and "m.relates_to" not in content
+                )
+
+            return match
+
+        sim.grant(team.users["bob"], team.project, "PROJECT.MANAGER")
+        gained = await alice.wait_for_event(room, notice_with("Project Manager"), 10)
+        assert "Bob Baker" in gained["content"]["body"]
+
+        sim.revoke(team.users["bob"], team.project, "PROJECT.MEMBER")
+        lost = await alice.wait_for_event(room, notice_with("Project Member"), 10)
+        assert "Bob Baker" in lost["content"]["body"]
+
+        order = sim.add_order(
+            team.project,
+            "Update",
+            "pending-consumer",
+            resource_name="vm-big",
+            offering_name="Cloud VM",
+            created_by=team.users["alice"],
+        )
+        sim.set_order_state(order, "executing")
+        moved = await alice.wait_for_event(room, notice_with("vm-big"), 10)
+        assert "Update" in moved["content"]["body"]
+    finally:
+        await team.close()

@@ -664,15 +664,43 @@ class SimulatorState:
             attributes={"name": resource.name},
         )
         self.orders[order.uuid] = order
+        self._order_event(order, "marketplace_order_created", "has been created")
         if state != "pending-consumer":
             self._move_order(order, state, error_message)
         return order.uuid
+
+    # MarketplaceOrderLogger: the order's log fields as order_*, its project as project_* and
+    # the project's organization as customer_*, as LoggableMixin flattens related objects.
+    _ORDER_EVENTS = {
+        "executing": ("marketplace_order_approved", "has been approved"),
+        "done": ("marketplace_order_completed", "has been completed"),
+        "erred": ("marketplace_order_failed", "has failed"),
+        "rejected": ("marketplace_order_rejected", "has been rejected"),
+        "canceled": ("marketplace_order_terminated", "has been canceled"),
+    }
+
+    def _order_event(self, order: Order, event_type: str, what: str) -> None:
+        context = {
+            "order_uuid": order.uuid,
+            "order_type": order.type,
+            "order_state": order.state,
+            **_project_ctx("project", order.project),
+        }
+        name = order.resource.name if order.resource else order.offering.name
+        self._emit(
+            event_type,
+            f"Order for {name} {what}.",
+            context,
+            {order.uuid, order.project.uuid, order.project.customer.uuid},
+        )
 
     def set_order_state(self, uuid: str, state: str, error_message: str | None = None) -> None:
         if state not in self.order_states():
             raise ValueError(f"order state must be one of {self.order_states()}")
         order = self.orders[uuid]
         self._move_order(order, state, error_message)
+        if state in self._ORDER_EVENTS:
+            self._order_event(order, *self._ORDER_EVENTS[state])
         if order.type == "Create" and order.resource and order.resource.state == "Creating":
             target = _RESOURCE_FOR_ORDER[state]
             if target != "Creating":

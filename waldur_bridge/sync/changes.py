@@ -29,9 +29,19 @@ USER_EVENTS = (
     "user_update_succeeded",
     "user_deletion_succeeded",
 )
+# Order events only drive the optional order notices; they never change membership.
+ORDER_EVENTS = (
+    "marketplace_order_created",
+    "marketplace_order_approved",
+    "marketplace_order_rejected",
+    "marketplace_order_completed",
+    "marketplace_order_terminated",
+    "marketplace_order_failed",
+)
 WATCHED_EVENTS = ROLE_EVENTS + PROJECT_EVENTS + USER_EVENTS
+POLLED_EVENTS = WATCHED_EVENTS + ORDER_EVENTS
 # Web hooks are registered by group, which Waldur expands into every type of the group.
-WEBHOOK_GROUPS = ("permissions", "projects", "users")
+WEBHOOK_GROUPS = ("permissions", "projects", "users", "resources")
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,7 @@ class EventsPoller:
         if cursor is None:
             # First start: the initial sweep covers the past, so history is not replayed.
             cursor = Cursor(self.CURSOR, started - self.overlap, [])
-        events = await self.client.list_events(cursor.position, WATCHED_EVENTS)
+        events = await self.client.list_events(cursor.position, POLLED_EVENTS)
         seen = set(cursor.seen)
         fresh = [e for e in events if e.dedup_key() not in seen]
         for event in fresh:

@@ -4,7 +4,7 @@ a pure plan, its execution and its record."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,8 @@ from .planner import (
     CurrentRoom,
     DesiredMember,
     DesiredRoom,
+    Invite,
+    Kick,
     Plan,
     PlanContext,
     plan,
@@ -45,6 +47,8 @@ def role_signature(roles: tuple[str, ...]) -> str:
 class Result:
     plan: Plan
     outcome: Outcome
+    # (display name, role name, gained) for people whose roles changed, read from Waldur.
+    role_changes: list[tuple[str, str, bool]] = field(default_factory=list)
 
 
 class Reconciler:
@@ -146,7 +150,9 @@ class Reconciler:
     # endregion
     # region current
 
-    async def current(self, portal: Portal, signatures: dict[str, str]) -> CurrentRoom:
+    async def current(
+        self, portal: Portal, signatures: dict[str, str], records: dict[str, PortalMember]
+    ) -> CurrentRoom:
         """The room as the homeserver has it, plus what the bridge remembers of its members.
 
         `signatures` are the desired members' current roles: a voluntary leaver comes back only
@@ -167,7 +173,6 @@ class Reconciler:
             else:
                 creators = frozenset()
             self._creators[room_id] = creators
-        records = await PortalMember.for_project(portal.project_uuid)
         members: dict[str, CurrentMember] = {}
         for event in member_events:
             membership = str(event.content.membership.value)
@@ -208,7 +213,8 @@ class Reconciler:
 
     async def preview(self, portal: Portal, view: ProjectView, active: bool = True) -> Plan:
         desired, *_, signatures, _ = await self.desired(view, active)
-        return await self._plan(portal, desired, signatures, self.policy)
+        records = await PortalMember.for_project(portal.project_uuid)
+        return await self._plan(portal, desired, signatures, self.policy, records)
 
     async def _plan(
         self,
@@ -216,8 +222,9 @@ class Reconciler:
         desired: DesiredRoom,
         signatures: dict[str, str],
         policy: MembershipPolicy,
+        records: dict[str, PortalMember],
     ) -> Plan:
-        current = await self.current(portal, signatures)
+        current = await self.current(portal, signatures, records)
         ctx = PlanContext(
             bot_user_id=str(portal.az.bot_mxid),
             managed_user_ids=await self.managed_ids(desired),
@@ -238,7 +245,8 @@ class Reconciler:
         desired, puppets, displaynames, signatures, user_uuids = await self.desired(
             view, active, inactive_reason
         )
-        result = await self._plan(portal, desired, signatures, policy or self.policy)
+        records = await PortalMember.for_project(portal.project_uuid)
+        result = await self._plan(portal, desired, signatures, policy or self.policy, records)
         # Display names follow Waldur even when membership is unchanged.
         for user_id, puppet in puppets.items():
             name = displaynames.get(user_id, "")
@@ -256,7 +264,52 @@ class Reconciler:
             self._held_projects = {h.project_uuid for h in await HeldRemoval.all()}
         if result.held or portal.project_uuid in self._held_projects:
             await self._record_held(portal, result)
-        return Result(result, outcome)
+        changes = await self._track_roles(
+            portal, result, records, signatures, displaynames, puppets
+        )
+        return Result(result, outcome, changes)
+
+    async def _track_roles(
+        self,
+        portal: Portal,
+        result: Plan,
+        records: dict[str, PortalMember],
+        signatures: dict[str, str],
+        displaynames: dict[str, str],
+        puppets: dict[str, Puppet],
+    ) -> list[tuple[str, str, bool]]:
+        """Remember each member's roles and say whose changed since the last reconcile.
+
+        A room the bridge has no records of yet (a new portal, a fresh database) gets its
+        records silently: nobody "gained" a role because the bridge just started looking.
+        """
+        known_room = bool(records)
+        changes: list[tuple[str, str, bool]] = []
+        invited = {a.user_id for a in result.actions if isinstance(a, Invite)}
+        for user_id, signature in signatures.items():
+            record = records.get(user_id)
+            name = displaynames.get(user_id) or user_id
+            new_roles = set(filter(None, signature.split("|")))
+            if record is None:
+                if known_room and user_id in invited:
+                    changes += [(name, role, True) for role in sorted(new_roles)]
+                continue
+            if record.role_signature == signature:
+                continue
+            old_roles = set(filter(None, record.role_signature.split("|")))
+            if record.role_signature:
+                changes += [(name, role, True) for role in sorted(new_roles - old_roles)]
+                changes += [(name, role, False) for role in sorted(old_roles - new_roles)]
+            record.role_signature = signature
+            await record.save()
+        for kick in (a for a in result.actions if isinstance(a, Kick)):
+            record = records.get(kick.user_id)
+            if record is None or not record.role_signature:
+                continue
+            puppet = puppets.get(kick.user_id) or Puppet.by_mxid.get(kick.user_id)
+            name = (puppet.displayname if puppet else "") or kick.user_id
+            changes += [(name, role, False) for role in record.role_signature.split("|")]
+        return changes
 
     async def _record_held(self, portal: Portal, result: Plan) -> None:
         assert self._held_projects is not None

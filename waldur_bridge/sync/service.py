@@ -11,10 +11,18 @@ from typing import TYPE_CHECKING
 
 from mautrix.util.opt_prometheus import Counter, Gauge, Histogram
 
+from ..commands.format import order_notice as fmt_order_notice, role_notice
 from ..db import HeldRemoval, PortalMember, portal as states
 from ..portal import Portal
 from ..waldur import Event, WaldurError
-from .changes import WATCHED_EVENTS, WEBHOOK_GROUPS, EventsPoller, Hint, hint_from_event
+from .changes import (
+    ORDER_EVENTS,
+    WATCHED_EVENTS,
+    WEBHOOK_GROUPS,
+    EventsPoller,
+    Hint,
+    hint_from_event,
+)
 from .directory import ProjectGone, ProjectView, Snapshot, WaldurDirectory
 from .executor import PlanExecutor
 from .planner import Plan
@@ -84,6 +92,8 @@ class SyncService:
         self._sweep_lock = asyncio.Lock()
         self.last_sweep: dict[str, float | int | str] = {}
         self._reported_holds: dict[str, frozenset[str]] = {}
+        # Last state told to each order's room, so a change reported twice is told once.
+        self._order_states: dict[str, str] = {}
 
     # region lifecycle
 
@@ -114,6 +124,10 @@ class SyncService:
     async def handle_event(self, event: Event, source: str) -> None:
         """A web hook or a polled event: look again at what it names, nothing more."""
         HINTS.labels(source=source).inc()
+        if event.event_type in ORDER_EVENTS:
+            if self.config["bridge.commands.order_notices"]:
+                await self.order_notice(event)
+            return
         if event.event_type not in WATCHED_EVENTS:
             return
         await self.handle_hint(hint_from_event(event), source)
@@ -276,6 +290,7 @@ class SyncService:
             await portal.save()
         result = await self.reconciler.reconcile(portal, view)
         await self._report_holds(portal, result)
+        await self._role_notices(portal, result)
         if result.outcome.failed:
             raise RuntimeError(
                 f"{result.outcome.failed} homeserver write(s) failed: "
@@ -389,6 +404,36 @@ class SyncService:
             # The queue retries the removals that failed; the room stays closed meanwhile.
             self.request_project(portal.project_uuid, f"{CLOSE}:{reason}")
         return result
+
+    async def _role_notices(self, portal: Portal, result: Result) -> None:
+        if not self.config["bridge.commands.role_notices"]:
+            return
+        for name, role, gained in result.role_changes:
+            try:
+                await portal.send_reply(role_notice(name, role, gained))
+            except Exception as e:
+                log.warning("Could not post a role notice in %s: %s", portal.room_id, e)
+
+    async def order_notice(self, event: Event) -> None:
+        """An order event: read the order through the REST API; tell its room if it moved."""
+        order_uuid = event.context.get("order_uuid", "")
+        if not order_uuid or order_uuid in ("None", ""):
+            return
+        try:
+            order = await self.bridge.waldur.get_order(order_uuid)
+        except WaldurError as e:
+            log.info("Order %s from an event could not be read: %s", order_uuid, e)
+            return
+        previous = self._order_states.get(order.uuid)
+        if previous == order.state:
+            return  # the same change reported twice (web hook and events poll)
+        self._order_states[order.uuid] = order.state
+        if len(self._order_states) > 10_000:
+            self._order_states.pop(next(iter(self._order_states)))
+        portal = await Portal.get_by_project(order.project_uuid)
+        if portal is None or not portal.is_active:
+            return
+        await portal.send_reply(fmt_order_notice(order, previous))
 
     async def _report_holds(self, portal: Portal, result: Result) -> None:
         held = frozenset(k.user_id for k in result.plan.held)

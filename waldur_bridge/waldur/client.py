@@ -262,6 +262,10 @@ class WaldurClient:
             return projects
         return self._keep(path, "customer", projects, lambda p: p.customer_uuid == customer_uuid)
 
+    async def get_order(self, uuid: str) -> Order:
+        """One order; raises WaldurNotFound."""
+        return await self._get_object("/api/marketplace-orders/{}/", uuid, Order)
+
     async def get_project(self, uuid: str) -> Project:
         """One project; raises ``WaldurNotFound`` once it is deleted."""
         return await self._get_object("/api/projects/{}/", uuid, Project)

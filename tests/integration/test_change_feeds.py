@@ -1,0 +1,114 @@
+"""The three change feeds: the web hook receiver (and its bad input), the events poll with its
+persisted cursor, and the bridge registering its own web hook in Waldur."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from waldur_bridge.db import Cursor
+
+from .helpers import BridgeEnv, wait_for
+
+
+def project_with_admin(env: BridgeEnv) -> tuple[str, str]:
+    org = env.sim.add_customer("Org")
+    project = env.sim.add_project(org, "Feeds")
+    env.sim.grant(env.sim.add_user("owner", "Owner O"), project, "PROJECT.ADMIN")
+    return org, project
+
+
+async def post(env: BridgeEnv, path: str, body: bytes, content_type: str = "application/json"):
+    url = f"http://127.0.0.1:{env.hs.as_port}{path}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers={"Content-Type": content_type}) as resp,
+    ):
+        return resp.status, await resp.text()
+
+
+async def test_malformed_web_hooks_get_4xx_and_change_nothing(bridge_env: BridgeEnv) -> None:
+    _, project = project_with_admin(bridge_env)
+    await bridge_env.start()
+    await bridge_env.sweep()
+    room = await bridge_env.portal_room(project)
+    path = bridge_env.bridge.config.webhook_path
+    prefix = bridge_env.bridge.config["waldur.webhook.path_prefix"]
+    valid = {
+        "created": "2026-11-21T20:18:37.087545+00:00",
+        "message": "User X has gained role of PROJECT.MEMBER in Feeds.",
+        "context": {"scope_type": "project", "scope_uuid": project, "role_name": "PROJECT.MEMBER"},
+        "event_type": "role_granted",
+    }
+    before = await bridge_env.in_room(room)
+
+    assert (await post(bridge_env, f"{prefix}/wrong-secret", json.dumps(valid).encode()))[0] == 404
+    status, text = await post(bridge_env, path, b"{not json")
+    assert status == 400 and "JSON" in text
+    status, _ = await post(bridge_env, path, json.dumps({"event_type": 5}).encode())
+    assert status == 400
+    status, _ = await post(bridge_env, path, json.dumps([1, 2]).encode())
+    assert status == 400
+    status, _ = await post(bridge_env, path, b"x" * 70000)
+    assert status == 413
+
+    # A forged but well-formed hook is only a hint: the REST API says nothing changed.
+    status, _ = await post(bridge_env, path, json.dumps(valid).encode())
+    assert status == 202
+    await bridge_env.settle()
+    assert await bridge_env.in_room(room) == before
+    assert bridge_env.bridge.webhook.rejected == 5
+    # The bridge still works after all that.
+    assert await bridge_env.bridge.az.ping_self() >= 0
+
+
+@pytest.mark.parametrize("simulator", ["current", "7.0"], indirect=True)
+async def test_events_poll_brings_changes_and_keeps_its_cursor(bridge_env: BridgeEnv) -> None:
+    _, project = project_with_admin(bridge_env)
+    await bridge_env.start(**{"waldur.events.interval": 0.2, "waldur.events.overlap": 5})
+    await bridge_env.sweep()
+    room = await bridge_env.portal_room(project)
+    newcomer = bridge_env.sim.add_user("newcomer", "New Comer")
+    bridge_env.sim.grant(newcomer, project, "PROJECT.MEMBER")
+    puppet = bridge_env.puppet("newcomer")
+
+    async def joined() -> bool:
+        return (await bridge_env.members(room)).get(puppet) == "join"
+
+    await wait_for(joined, 10, "the events poll to bring the new member in")
+    cursor = await Cursor.get("events")
+    assert cursor is not None and cursor.seen
+
+    # After a restart the cursor is read back: the same events are not handled again.
+    await bridge_env.stop()
+    await bridge_env.start()
+    handled = await bridge_env.bridge.sync.poller.poll_once()
+    assert handled == 0
+
+
+async def test_bridge_registers_its_own_web_hook(bridge_env: BridgeEnv) -> None:
+    _, project = project_with_admin(bridge_env)
+    await bridge_env.start(**{"waldur.webhook.register": True})
+    await bridge_env.sweep()
+    room = await bridge_env.portal_room(project)
+    config = bridge_env.bridge.config
+    expected = config["appservice.address"] + config.webhook_path
+
+    async def registered() -> bool:
+        return any(h.destination_url == expected for h in bridge_env.sim.hooks.values())
+
+    await wait_for(registered, 10, "the web hook in Waldur")
+    user = bridge_env.sim.add_user("hooked", "Hooked User")
+    bridge_env.sim.grant(user, project, "PROJECT.MEMBER")
+
+    async def joined() -> bool:
+        return (await bridge_env.members(room)).get(bridge_env.puppet("hooked")) == "join"
+
+    await wait_for(joined, 10, "the web hook to bring the new member in")
+    # A restart does not register a second hook.
+    await bridge_env.stop()
+    await bridge_env.start()
+    await bridge_env.bridge.sync.register_webhook()
+    assert sum(h.destination_url == expected for h in bridge_env.sim.hooks.values()) == 1
