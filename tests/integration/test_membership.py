@@ -263,3 +263,22 @@ async def _room_name(env: BridgeEnv, room: str, name: str) -> bool:
 
 async def _topic(env: BridgeEnv, room: str, topic: str) -> bool:
     return (await env.state(room, "m.room.topic")).get("topic") == topic
+
+
+async def test_voluntary_leave_is_respected_until_the_role_changes(bridge_env: BridgeEnv) -> None:
+    sim = bridge_env.sim
+    ids = team(sim)
+    await bridge_env.start()
+    await bridge_env.sweep()
+    await bridge_env.register_webhook()
+    room = await bridge_env.portal_room(ids["project"])
+    bob = bridge_env.puppet("bob")
+    # Bob leaves on his own (through his puppet, as a person logged into it would).
+    await bridge_env.bridge.az.intent.user(bob).leave_room(room)
+    await wait_for(lambda: _gone(bridge_env, room, bob), 10, "bob to leave")
+    await bridge_env.settle()
+    await bridge_env.sweep()
+    assert (await bridge_env.members(room)).get(bob) == "leave"
+    # A new role for Bob is a reason to bring him back.
+    sim.grant(ids["bob"], ids["project"], "PROJECT.MANAGER")
+    await wait_for(lambda: _joined(bridge_env, room, bob), 10, "bob back after a role change")
