@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import sys
 from typing import Any
 
@@ -21,6 +24,9 @@ from .sync.service import SyncService
 from .user import User
 from .waldur import WaldurClient
 from .web import WebhookReceiver, mount_web
+
+# Longest clean stop before the process exits anyway (an operator's SIGTERM must work).
+STOP_TIMEOUT = 30
 
 
 class WaldurBridge(Bridge):
@@ -108,8 +114,70 @@ class WaldurBridge(Bridge):
     async def notify_admins(self, text: str) -> None:
         await self.management.notify(text)
 
+    async def stop(self) -> None:
+        runner = self.az.runner
+        if runner is not None:
+            # Synapse keeps its transaction connection open; aiohttp would wait 60 s for it.
+            runner._shutdown_timeout = 5.0
+        await super().stop()
+
     def prepare_stop(self) -> None:
         self.add_shutdown_actions(self.sync.stop(), self.waldur.close())
+
+    # region process lifecycle
+
+    def _run(self) -> None:
+        """Run until SIGTERM/SIGINT, then stop cleanly.
+
+        mautrix turns signals into KeyboardInterrupt raised wherever the main thread is; landing
+        inside a database call, that leaves the pool half-closed and the shutdown hangs. Here a
+        signal only resolves a future (or cancels a start still in progress), and the stop that
+        follows is bounded in time.
+        """
+        loop = self.loop
+        self._stop_task = loop.create_future()
+        start_task = loop.create_task(self.start())
+
+        def on_signal(signum: int) -> None:
+            if self._stop_task.done():
+                self.log.warning(
+                    "Second %s: exiting without a clean stop", signal.Signals(signum).name
+                )
+                os._exit(1)
+            self.log.info("%s received, stopping", signal.Signals(signum).name)
+            if not start_task.done():
+                start_task.cancel()
+            self._stop_task.set_result(0)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        exit_code = 0
+        try:
+            try:
+                loop.run_until_complete(start_task)
+                self.log.info("Startup complete, now running")
+            except asyncio.CancelledError:
+                self.log.info("Stopped during startup")
+            exit_code = loop.run_until_complete(self._stop_task)
+        except SystemExit:
+            loop.run_until_complete(self.system_exit())
+            raise
+        except Exception:
+            self.log.critical("Unexpected error in main event loop", exc_info=True)
+            loop.run_until_complete(self.system_exit())
+            sys.exit(2)
+        self.prepare_stop()
+        try:
+            loop.run_until_complete(asyncio.wait_for(self.stop(), STOP_TIMEOUT))
+        except TimeoutError:
+            self.log.error("Stopping took over %d s; exiting anyway", STOP_TIMEOUT)
+            os._exit(1)
+        self.prepare_shutdown()
+        loop.close()
+        self.log.info("Everything stopped, shutting down")
+        sys.exit(exit_code)
+
+    # endregion
 
     async def get_user(self, user_id: UserID, create: bool = True) -> User | None:
         if user_id == self.az.bot_mxid:
