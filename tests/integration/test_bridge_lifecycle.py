@@ -64,7 +64,13 @@ async def test_cli_runs_and_stops_cleanly_on_sigterm(bridge_env: BridgeEnv) -> N
             raise AssertionError(f"bridge did not become ready:\n{output[-3000:]}") from None
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    output = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+    try:
+        output = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+    except TimeoutError:
+        # Never leave a bridge holding the appservice port for the tests after this one.
+        proc.kill()
+        await proc.wait()
+        raise AssertionError("the bridge did not stop within 30 s of SIGTERM") from None
     assert proc.returncode == 0, output[-3000:]
     assert time.monotonic() - started < 15
     assert "Everything stopped" in output
