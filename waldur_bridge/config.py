@@ -224,6 +224,16 @@ class Config(BaseBridgeConfig):
                     f"bridge.permissions.{mxid}: {level!r} is not one of "
                     f"{', '.join(PERMISSION_LEVELS)}."
                 )
+        if self.get("bridge.encryption.allow", False) and not self.get(
+            "bridge.encryption.appservice", False
+        ):
+            problems.append(
+                "bridge.encryption.appservice: must be true when bridge.encryption.allow is. "
+                "The bot is the appservice's sender, which homeservers do not let /sync, so "
+                "room keys reach it only through appservice transactions (MSC2409/MSC3202: "
+                "in Synapse, experimental_features msc2409_to_device_messages_enabled and "
+                "msc3202_transaction_extensions). Regenerate the registration after changing it."
+            )
         template = self.get("bridge.username_template", "")
         if isinstance(template, str) and "{userid}" not in template:
             problems.append("bridge.username_template: must contain {userid}.")
@@ -265,8 +275,11 @@ class Config(BaseBridgeConfig):
         # one account fewer, and deployment templates can reproduce the file exactly.
         registration["sender_localpart"] = self["appservice.bot_username"]
         if self["bridge.encryption.appservice"]:
-            # Synapse sends device lists and one-time-key counts only with this flag;
-            # mautrix 0.21.1's generator leaves it out.
+            # Synapse sends device lists and one-time-key counts only with this flag, and
+            # to-device events (room keys) only to an appservice that receives ephemeral
+            # events; mautrix 0.21.1's generator leaves both out.
             registration["org.matrix.msc3202"] = True
+            registration["de.sorunome.msc2409.push_ephemeral"] = True
+            registration["receive_ephemeral"] = True
 
     # endregion

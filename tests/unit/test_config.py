@@ -151,6 +151,7 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
         ("waldur.url", "waldur.local", "is not an http(s) URL"),
         ("bridge.username_template", "waldur_", "must contain {userid}"),
         ("bridge.membership.never_kick", "@x:y", "must be a list"),
+        ("bridge.encryption.allow", True, "bridge.encryption.appservice: must be true"),
     ],
 )
 def test_wrong_values_are_explained(tmp_path: Path, key: str, value: Any, expected: str) -> None:
@@ -187,6 +188,7 @@ def test_registration_adds_msc3202_with_appservice_encryption(tmp_path: Path) ->
     registration = config._registration
     assert registration is not None
     assert registration["org.matrix.msc3202"] is True
+    assert registration["receive_ephemeral"] is True
     assert registration["sender_localpart"] == "waldurbot"
     assert registration["rate_limited"] is False
     users = [ns["regex"] for ns in registration["namespaces"]["users"]]
