@@ -64,6 +64,8 @@ demo: venv synapse
 bench: venv synapse
 	WALDUR_BRIDGE_SYNAPSE_PYTHON='$(CURDIR)/$(SYNAPSE_VENV)/bin/python' \
 		$(VENV_BIN)/python benchmarks/run.py
+	WALDUR_BRIDGE_SYNAPSE_PYTHON='$(CURDIR)/$(SYNAPSE_VENV)/bin/python' \
+		$(VENV_BIN)/python benchmarks/command_latency.py
 
 clean:
 	rm -rf $(VENV) $(SYNAPSE_VENV) .pytest_cache .ruff_cache demo build dist *.egg-info

@@ -138,6 +138,10 @@ class MatrixHandler(BaseMatrixHandler):
         # chat with the bot so bare commands work there.
         if self.bridge.management.is_management_room(room_id):
             return True, True
+        # A portal is never a management room, even with two members left: skip mautrix's
+        # member-list request on every command there.
+        if await po.Portal.get_by_room(room_id) is not None:
+            return False, True
         return await super()._is_direct_chat(room_id)
 
     async def send_bot_message(self, room_id: RoomID, content: MessageEventContent) -> EventID:
