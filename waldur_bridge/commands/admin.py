@@ -411,6 +411,7 @@ async def link(evt: WaldurCommandEvent) -> None:
             raise CommandError(f"{mxid} is linked to another Waldur user; `unlink` it first.")
         target = target or DBUser(mxid=mxid)
         await target.link(user.uuid, evt.sender.mxid)
+        evt.bridge.sync.reconciler.forget_links()
         evt.bridge.sync.directory.mark_user_dirty(user.uuid)
         await evt.bridge.sync.handle_hint_for_user(user.uuid, "link")
         await evt.reply(
@@ -433,6 +434,7 @@ async def unlink(evt: WaldurCommandEvent) -> None:
             raise CommandError(f"`{_md(query)}` is not linked.")
         user_uuid = target.waldur_user_uuid
         await target.link(None, None)
+        evt.bridge.sync.reconciler.forget_links()
         await evt.bridge.sync.handle_hint_for_user(user_uuid, "unlink")
         await evt.reply(f"Unlinked {target.mxid}.")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from mautrix.types import EventType, Membership, RoomID, StateEvent
+from mautrix.types import EventType, Membership, PowerLevelStateEventContent, RoomID, StateEvent
 
 from .. import identity
 from ..db import HeldRemoval, PortalMember, User as DBUser
@@ -65,6 +65,7 @@ class Reconciler:
         )
         # Room creators never change; reading them once per room saves a request per sweep.
         self._creators: dict[str, frozenset[str]] = {}
+        self._links: dict[str, str] | None = None
         # Projects with removals on hold, so the table is only written when something changes.
         self._held_projects: set[str] | None = None
 
@@ -131,9 +132,9 @@ class Reconciler:
         self, user_uuid: str, username: str, email: str
     ) -> tuple[str | None, Puppet | None]:
         """The Matrix account of a Waldur user: an admin's explicit link wins over the mode."""
-        linked = await DBUser.get_by_waldur_user(user_uuid)
+        linked = (await self.links()).get(user_uuid)
         if linked is not None:
-            return linked.mxid, None
+            return linked, None
         if self.mode == "template":
             mxid = identity.template_mxid(
                 self.mxid_template, username=username, user_uuid=user_uuid, email=email
@@ -144,14 +145,60 @@ class Reconciler:
 
     async def managed_ids(self, desired: DesiredRoom) -> frozenset[str]:
         ids = set(desired.members) | set(Puppet.by_mxid)
-        ids.update(u.mxid for u in await DBUser.all_linked())
+        ids.update((await self.links()).values())
         return frozenset(ids)
+
+    async def links(self) -> dict[str, str]:
+        """Admins' explicit links (Waldur user -> Matrix ID), read once and kept in memory:
+        every reconcile consults them for every member."""
+        if self._links is None:
+            self._links = {u.waldur_user_uuid: u.mxid for u in await DBUser.all_linked()}
+        return self._links
+
+    def forget_links(self) -> None:
+        """Call after `link`/`unlink` so the next reconcile reads them again."""
+        self._links = None
 
     # endregion
     # region current
 
+    async def _room_state(
+        self, portal: Portal, cached: bool
+    ) -> tuple[list[tuple[str, str, str | None]], PowerLevelStateEventContent]:
+        """(user ID, membership, sender of the member event) for everyone, and power levels.
+
+        With `cached`, from the state store that the homeserver's pushes keep current, when it
+        holds the room's full member list (sweeps: one fewer pair of requests per room);
+        otherwise, and always for changes reported by Waldur, fresh from the homeserver.
+        """
+        intent = portal.main_intent
+        room_id = RoomID(portal.room_id or "")
+        store = portal.az.state_store
+        if (
+            cached
+            and await store.has_full_member_list(room_id)
+            and await store.has_power_levels_cached(room_id)
+        ):
+            # mautrix's get_member_profiles fails on SQLite rows, so read its table directly.
+            rows = await store.db.fetch(
+                "SELECT user_id, membership FROM mx_user_profile WHERE room_id=$1", room_id
+            )
+            levels = await store.get_power_levels(room_id)
+            if levels is not None:
+                return [(row["user_id"], row["membership"], None) for row in rows], levels
+        member_events: list[StateEvent] = await intent.get_members(room_id)
+        levels = await intent.get_power_levels(room_id, ignore_cache=True)
+        return [
+            (str(e.state_key), str(e.content.membership.value), str(e.sender))
+            for e in member_events
+        ], levels
+
     async def current(
-        self, portal: Portal, signatures: dict[str, str], records: dict[str, PortalMember]
+        self,
+        portal: Portal,
+        signatures: dict[str, str],
+        records: dict[str, PortalMember],
+        cached: bool = False,
     ) -> CurrentRoom:
         """The room as the homeserver has it, plus what the bridge remembers of its members.
 
@@ -160,8 +207,7 @@ class Reconciler:
         """
         intent = portal.main_intent
         room_id = RoomID(portal.room_id or "")
-        member_events: list[StateEvent] = await intent.get_members(room_id)
-        levels = await intent.get_power_levels(room_id, ignore_cache=True)
+        room_members, levels = await self._room_state(portal, cached)
         creators = self._creators.get(room_id)
         if creators is None:
             create = await intent.get_state_event(room_id, EventType.ROOM_CREATE)
@@ -174,17 +220,15 @@ class Reconciler:
                 creators = frozenset()
             self._creators[room_id] = creators
         members: dict[str, CurrentMember] = {}
-        for event in member_events:
-            membership = str(event.content.membership.value)
+        for user_id, membership, sender in room_members:
             if membership not in _MEMBERSHIPS:
                 continue
-            user_id = str(event.state_key)
             record = records.get(user_id)
             if record is not None:
                 added_by = record.added_by
-            elif event.sender == portal.az.bot_mxid:
+            elif sender == portal.az.bot_mxid:
                 added_by = "bridge"
-            elif membership == "invite":
+            elif membership == "invite" and sender is not None:
                 added_by = "moderator"
             else:
                 added_by = "unknown"
@@ -223,8 +267,9 @@ class Reconciler:
         signatures: dict[str, str],
         policy: MembershipPolicy,
         records: dict[str, PortalMember],
+        cached: bool = False,
     ) -> Plan:
-        current = await self.current(portal, signatures, records)
+        current = await self.current(portal, signatures, records, cached)
         ctx = PlanContext(
             bot_user_id=str(portal.az.bot_mxid),
             managed_user_ids=await self.managed_ids(desired),
@@ -241,12 +286,15 @@ class Reconciler:
         active: bool = True,
         inactive_reason: str | None = None,
         policy: MembershipPolicy | None = None,
+        cached_state: bool = False,
     ) -> Result:
         desired, puppets, displaynames, signatures, user_uuids = await self.desired(
             view, active, inactive_reason
         )
         records = await PortalMember.for_project(portal.project_uuid)
-        result = await self._plan(portal, desired, signatures, policy or self.policy, records)
+        result = await self._plan(
+            portal, desired, signatures, policy or self.policy, records, cached_state
+        )
         # Display names follow Waldur even when membership is unchanged.
         for user_id, puppet in puppets.items():
             name = displaynames.get(user_id, "")

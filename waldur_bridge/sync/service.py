@@ -90,6 +90,7 @@ class SyncService:
         self._tasks: list[asyncio.Task] = []
         self._snapshot: Snapshot | None = None
         self._sweep_lock = asyncio.Lock()
+        self._sweeps = 0
         self.last_sweep: dict[str, float | int | str] = {}
         self._reported_holds: dict[str, frozenset[str]] = {}
         # Last state told to each order's room, so a change reported twice is told once.
@@ -211,6 +212,7 @@ class SyncService:
                 SWEEPS.labels(outcome="failed").inc()
                 raise
             self._snapshot = snapshot
+            self._sweeps += 1
             queued: set[str] = set()
             for portal in await Portal.all():
                 if portal.state == states.DISABLED:
@@ -288,7 +290,10 @@ class SyncService:
             portal.state = states.ACTIVE
             portal.error = None
             await portal.save()
-        result = await self.reconciler.reconcile(portal, view)
+        # Sweeps after the first plan from the state store the homeserver's pushes keep; the
+        # first sweep after start and every change Waldur reports read the room fresh.
+        cached = reasons == {SWEEP} and self._sweeps > 1
+        result = await self.reconciler.reconcile(portal, view, cached_state=cached)
         await self._report_holds(portal, result)
         await self._role_notices(portal, result)
         if result.outcome.failed:
