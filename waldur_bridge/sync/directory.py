@@ -141,23 +141,38 @@ class WaldurDirectory:
         project itself or its own grants cannot be read (nothing can be planned then). Failures
         of the organization's grants or of user records give an incomplete view instead.
         """
+        known = self.projects.get(project_uuid)
+        # With the organization known from earlier reads, all three reads go out at once (the
+        # latency of a web hook to a join); a moved project is caught below and re-read.
+        customer_read = (
+            asyncio.ensure_future(self._customer_grants(known.customer_uuid))
+            if known is not None
+            else None
+        )
         try:
-            project = to_project(await self.client.get_project(project_uuid))
+            project_record, project_grants = await asyncio.gather(
+                self.client.get_project(project_uuid),
+                self.client.list_project_grants(project_uuid),
+            )
         except WaldurNotFound as e:
+            await _discard(customer_read)
             self.projects.pop(project_uuid, None)
             raise ProjectGone(project_uuid) from e
+        except BaseException:
+            await _discard(customer_read)
+            raise
+        project = to_project(project_record)
         if project.removed:
+            await _discard(customer_read)
             self.projects.pop(project_uuid, None)
             raise ProjectGone(project_uuid)
         self.projects[project.uuid] = project
-        problems: list[str] = []
-        project_grants = await self.client.list_project_grants(project.uuid)
-        grants = [to_grant(g) for g in project_grants]
-        try:
-            customer_grants = await self.client.list_customer_grants(project.customer_uuid)
-            grants.extend(to_grant(g) for g in customer_grants)
-        except WaldurError as e:
-            problems.append(f"organization roles: {e}")
+        if customer_read is None or known is None or known.customer_uuid != project.customer_uuid:
+            await _discard(customer_read)
+            customer_read = asyncio.ensure_future(self._customer_grants(project.customer_uuid))
+        customer_grants, problem = await customer_read
+        problems: list[str] = [problem] if problem else []
+        grants = [to_grant(g) for g in project_grants] + customer_grants
         for grant in grants:
             if grant.scope_type == "project":
                 self.projects_of_user[grant.user_uuid].add(grant.scope_uuid)
@@ -165,6 +180,14 @@ class WaldurDirectory:
         return ProjectView(
             project, grants, self.users, self.emails, complete=not problems, problems=problems
         )
+
+    async def _customer_grants(self, customer_uuid: str) -> tuple[list[Grant], str | None]:
+        try:
+            return [
+                to_grant(g) for g in await self.client.list_customer_grants(customer_uuid)
+            ], None
+        except WaldurError as e:
+            return [], f"organization roles: {e}"
 
     async def _refresh_users(self, user_uuids: Iterable[str], problems: list[str]) -> None:
         needed = [u for u in user_uuids if u not in self.users or u in self.dirty_users]
@@ -187,3 +210,14 @@ class WaldurDirectory:
             self.dirty_users.discard(user.uuid)
 
         await asyncio.gather(*(fetch(u) for u in needed))
+
+
+async def _discard(task: asyncio.Future | None) -> None:
+    """Cancel a read whose answer is no longer wanted, without leaving it unawaited."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except BaseException:
+        pass

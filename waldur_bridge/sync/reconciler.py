@@ -3,6 +3,7 @@ a pure plan, its execution and its record."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -186,8 +187,10 @@ class Reconciler:
             levels = await store.get_power_levels(room_id)
             if levels is not None:
                 return [(row["user_id"], row["membership"], None) for row in rows], levels
-        member_events: list[StateEvent] = await intent.get_members(room_id)
-        levels = await intent.get_power_levels(room_id, ignore_cache=True)
+        member_events: list[StateEvent]
+        member_events, levels = await asyncio.gather(
+            intent.get_members(room_id), intent.get_power_levels(room_id, ignore_cache=True)
+        )
         return [
             (str(e.state_key), str(e.content.membership.value), str(e.sender))
             for e in member_events
