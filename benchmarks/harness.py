@@ -4,9 +4,12 @@ and the instruments that watch them (homeserver request counter, join watcher, m
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import gc
+import io
 import logging
 import os
+import pstats
 import re
 import resource
 import secrets
@@ -205,8 +208,41 @@ class CpuMeter:
         }
 
 
+class Profiler:
+    """cProfile over a span of the benchmark (the whole event loop thread), optional."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._profile: cProfile.Profile | None = None
+
+    def __enter__(self) -> Profiler:
+        if self.path is not None:
+            self._profile = cProfile.Profile()
+            self._profile.enable()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._profile is None or self.path is None:
+            return
+        self._profile.disable()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._profile.dump_stats(str(self.path))
+
+    def top(self, limit: int = 25) -> list[str] | None:
+        if self._profile is None:
+            return None
+        stream = io.StringIO()
+        stats = pstats.Stats(self._profile, stream=stream)
+        stats.sort_stats("tottime").print_stats(limit)
+        return [line for line in stream.getvalue().splitlines() if line.strip()][-limit - 1 :]
+
+
 # endregion
 # region environment
+
+
+class BenchmarkError(RuntimeError):
+    """The run cannot give a valid measurement."""
 
 
 class Homeserver:
@@ -316,8 +352,28 @@ class BridgeHandle:
         await self.settle(timeout)
 
     async def settle(self, timeout: float = 300) -> None:
+        """Wait until web hooks are delivered and the bridge's queue is idle. A failed
+        reconcile would be retried on a timer and spoil the numbers: stop right there."""
         await self.sim.drain_hooks()
-        await self.bridge.sync.wait_idle(timeout)
+        queue = self.bridge.sync.queue
+        failures = queue.failures
+        deadline = time.monotonic() + timeout
+        idle = False
+        while True:
+            try:
+                await self.bridge.sync.wait_idle(0.5)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the bridge was not idle after {timeout} s") from None
+            else:
+                idle = True
+            if queue.failures > failures:
+                raise BenchmarkError(
+                    f"{queue.failures - failures} reconcile(s) failed (see the log above); "
+                    "the measurement would include retries"
+                )
+            if idle:
+                return
 
     async def portal_room(self, project_uuid: str) -> str:
         from waldur_bridge.portal import Portal

@@ -113,6 +113,7 @@ async def throughput(
     concurrency: int,
     cpu: Callable[[], CpuMeter] | None = None,
     room_major: bool = False,
+    named: bool = False,
 ) -> dict[str, Any]:
     """Register rooms*per_room ghosts, create `rooms` rooms one at a time, then invite+join
     every ghost into its room with `concurrency` pairs in flight (each pair: the bot's invite,
@@ -125,6 +126,14 @@ async def throughput(
     started = time.perf_counter()
     await bounded(concurrency, [lambda g=g: client.register(g) for g in flat])
     register_s = time.perf_counter() - started
+    displayname_s = 0.0
+    if named:
+        started = time.perf_counter()
+        await bounded(
+            concurrency,
+            [lambda g=g: client.set_displayname(client.mxid(g), f"Raw {g[-7:]}") for g in flat],
+        )
+        displayname_s = time.perf_counter() - started
 
     started = time.perf_counter()
     room_ids = [await client.create_room(f"raw {tag} {r}") for r in range(rooms)]
@@ -158,6 +167,8 @@ async def throughput(
         "pairs_per_s": round(pairs / pairs_s, 2),
         "membership_changes_per_s": round(2 * pairs / pairs_s, 2),
         "order": "room-major" if room_major else "round-robin",
+        "display_names": named,
+        "displayname_seconds": round(displayname_s, 3) if named else None,
         "cpu_during_pairs": usage,
         "room_ids": room_ids,
     }
@@ -195,3 +206,87 @@ async def latency(
         "call_return": summarize_ms(returned),
         "join_pushed_to_appservice": summarize_ms(observed),
     }
+
+
+def _portal_like_room(tag: str, i: int) -> dict[str, Any]:
+    """A createRoom body shaped like the bridge's portals (portal.py create_room)."""
+    from waldur_bridge.portal import room_power_levels
+
+    info = {"protocol": {"id": "waldur"}, "channel": {"id": f"{tag}{i}"}}
+    return {
+        "preset": "private_chat",
+        "name": f"cost {tag} {i}",
+        "topic": "Org: a project",
+        "room_alias_name": f"waldur_cost{tag}{i}",
+        "initial_state": [
+            {"type": "org.waldur.project", "state_key": "", "content": {"project_uuid": "x"}},
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
+            {
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "shared"},
+            },
+            {"type": "m.bridge", "state_key": f"waldur://{tag}{i}", "content": info},
+            {"type": "uk.half-shot.bridge", "state_key": f"waldur://{tag}{i}", "content": info},
+        ],
+        "power_level_override": room_power_levels("", "12"),
+    }
+
+
+async def operation_costs(
+    client: RawClient, cpu: Callable[[], CpuMeter], tag: str, n: int
+) -> dict[str, Any]:
+    """Synapse CPU and wall time per homeserver operation, one at a time (n of each), for the
+    operations an initial sync makes: where the homeserver's time goes."""
+    results: dict[str, Any] = {}
+
+    async def measure(name: str, ops: list[Callable[[], Any]]) -> None:
+        meter = cpu()
+        for op in ops:
+            await op()
+        usage = meter.stop()
+        results[name] = {
+            "synapse_cpu_ms": round(1000 * usage["synapse_cpu_s"] / len(ops), 1),
+            "wall_ms": round(1000 * usage["wall_s"] / len(ops), 1),
+        }
+
+    ghosts = [client.mxid(f"waldur_cost{tag}_{i:03d}") for i in range(n)]
+    await measure("register", [lambda g=g: client.register(g[1:].split(":")[0]) for g in ghosts])
+    await measure(
+        "get_displayname",
+        [
+            lambda g=g: client.call("GET", f"/profile/{quote(g)}/displayname", user_id=g)
+            for g in ghosts
+        ],
+    )
+    await measure(
+        "set_displayname (in no room yet)",
+        [lambda g=g: client.set_displayname(g, f"Cost {g[-3:]}") for g in ghosts],
+    )
+    await measure(
+        "create_room (plain private_chat)",
+        [lambda i=i: client.create_room(f"cost {tag} {i}") for i in range(max(2, n // 4))],
+    )
+    portal_rooms: list[str] = []
+
+    async def create_portal_like(i: int) -> None:
+        data = await client.call("POST", "/createRoom", _portal_like_room(tag, i))
+        portal_rooms.append(str(data["room_id"]))
+
+    await measure(
+        "create_room (portal-like: name, topic, alias, 5 initial state events)",
+        [lambda i=i: create_portal_like(i) for i in range(max(2, n // 4))],
+    )
+    room_id = portal_rooms[0]
+    await measure("invite", [lambda g=g: client.invite(room_id, g) for g in ghosts])
+    await measure("join", [lambda g=g: client.join(room_id, g) for g in ghosts])
+
+    async def power_level(i: int) -> None:
+        path = f"/rooms/{quote(room_id)}/state/m.room.power_levels/"
+        levels = await client.call("GET", path)
+        levels.setdefault("users", {})[ghosts[i]] = 50 if i % 2 else 0
+        await client.call("PUT", path, levels)
+
+    await measure("power_levels (get + put)", [lambda i=i: power_level(i) for i in range(n)])
+    await measure("get_members", [lambda: client.members(room_id) for _ in range(n)])
+    return results

@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,8 @@ from typing import Any
 import raw
 from harness import Homeserver, HomeserverCounter, JoinWatcher, memory
 from scenarios import Context, initial_sync_and_latency, steady_state
+
+log = logging.getLogger("bench")
 
 # The goals of the issue.
 RAW_RATIO_GOAL = 0.9
@@ -55,13 +58,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="portals the bridge creates before the steady sweep: a number or 'all' "
         "(all takes ~15 min: ~10,000 invite+join pairs); default 50 (10 with --quick)",
     )
-    parser.add_argument("--sweeps", type=int, default=2, help="steady sweeps to measure")
+    parser.add_argument("--sweeps", type=int, default=3, help="steady sweeps to measure")
     parser.add_argument("--quick", action="store_true", help="a small run for smoke checks")
     parser.add_argument(
         "--only", choices=("steady", "initial"), help="run one phase (steady: (2)+(4))"
     )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="cProfile the initial sync and the steady sweeps into DIR/*.prof (slows them)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal fails")
     args = parser.parse_args(argv)
     small = args.quick
@@ -69,8 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.members = args.members or (5 if small else 10)
     args.samples = args.samples or (5 if small else 30)
     args.event_samples = args.event_samples or (3 if small else 20)
+    if args.projects < 2 or args.members < 1:
+        parser.error("--projects must be at least 2 (latency grants cross projects)")
     if args.steady_portals in (None, ""):
-        args.steady_portals = 10 if small else 50
+        args.steady_portals = 5 if small else 50
     elif args.steady_portals == "all":
         args.steady_portals = None
     else:
@@ -89,6 +100,29 @@ def synapse_version(python: str) -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured, and whether the bridge's code had uncommitted changes."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30
+            )
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    import waldur_bridge
+
+    package = Path(waldur_bridge.__file__).resolve().parent
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+        "bridge_code_modified": bool(git("status", "--porcelain", "--", "waldur_bridge")),
+        "bridge_package": str(package),
+    }
 
 
 def goal(name: str, target: str, value: Any, ok: bool | None, note: str = "") -> dict[str, Any]:
@@ -199,6 +233,10 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
+    # SIGTERM (timeout, CI) cancels the run so that the finally below still stops Synapse.
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     workdir = Path(tempfile.mkdtemp(prefix="waldur-bench-"))
     counter = HomeserverCounter()
     counter.install()
@@ -223,6 +261,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "python": platform.python_version(),
             "synapse": synapse_version(hs.synapse.python),
             "cpus": os.cpu_count(),
+            **git_state(),
         },
     }
     client: raw.RawClient | None = None
@@ -230,7 +269,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await hs.start()
         results["environment"]["synapse_startup_s"] = round(hs.synapse.startup_seconds or 0, 2)
         client = raw.RawClient(hs.url, hs.as_token, hs.domain, hs.bot)
-        ctx = Context(hs, client, JoinWatcher(), counter, workdir, args.concurrency)
+        ctx = Context(hs, client, JoinWatcher(), counter, workdir, args.concurrency, args.profile)
         if args.only in (None, "steady"):
             # First, so that the peak memory it reports is not the other phase's.
             results["steady_state"] = await steady_state(
@@ -249,9 +288,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     samples=args.samples,
                     event_samples=args.event_samples,
                     events_interval=args.events_interval,
+                    cost_samples=5 if args.quick else 20,
                 )
             )
         results["memory_end"] = memory("end of run")
+    except Exception as e:
+        log.exception("The benchmark failed")
+        results["error"] = f"{type(e).__name__}: {e}"
     finally:
         if client is not None:
             await client.close()
@@ -271,12 +314,18 @@ def run(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # mautrix 0.21 passes loop= to aiohttp.web.Application: harmless.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    results = asyncio.run(main(args))
+    try:
+        results = asyncio.run(main(args))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("benchmark interrupted; Synapse stopped", file=sys.stderr)
+        return 130
     text = json.dumps(results, indent=2)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+    if "error" in results:
+        return 2
     failed = any(g["result"] == "fail" for g in results["goals"])
     return 1 if failed and args.strict else 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from harness import (
     Homeserver,
     HomeserverCounter,
     JoinWatcher,
+    Profiler,
     memory,
     summarize_ms,
 )
@@ -40,6 +42,10 @@ class Context:
     counter: HomeserverCounter
     workdir: Path
     concurrency: int
+    profile_dir: Path | None = None
+
+    def profiler(self, name: str) -> Profiler:
+        return Profiler(self.profile_dir / f"{name}.prof" if self.profile_dir else None)
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -158,11 +164,14 @@ async def steady_state(
             sim.reset_request_log()
             c0, h0 = _counts(handle), ctx.counter.snapshot()
             reconciles0 = bridge.sync.queue.runs
-            started = time.perf_counter()
-            queued = await bridge.sync.sweep()
-            read_s = time.perf_counter() - started
-            await handle.settle(timeout=3600)
-            wall = time.perf_counter() - started
+            meter = ctx.hs.cpu()
+            with ctx.profiler(f"steady-sweep-{i + 1}") as profiler:
+                started = time.perf_counter()
+                queued = await bridge.sync.sweep()
+                read_s = time.perf_counter() - started
+                await handle.settle(timeout=3600)
+                wall = time.perf_counter() - started
+            usage = meter.stop()
             counts = _delta(c0, _counts(handle))
             hs_delta = ctx.counter.delta(h0, ctx.counter.snapshot())
             sim_busy = sum(r.duration for r in sim.request_log)
@@ -185,15 +194,21 @@ async def steady_state(
                 "homeserver_writes_by_endpoint": hs_delta["writes_by_endpoint"],
                 "homeserver_reads": hs_delta["reads"],
                 "homeserver_reads_by_endpoint": hs_delta["reads_by_endpoint"],
+                "homeserver_mean_ms_by_endpoint": hs_delta["mean_ms_by_endpoint"],
+                "cpu": usage,
+                "rss_mb_after": memory("")["rss_mb"],
             }
+            if profiler.top() is not None:
+                run["profile_top_tottime"] = profiler.top()
             if len(chosen) < len(seeded["projects"]) and chosen:
                 per_portal = (wall - read_s) / len(chosen)
                 run["estimated_wall_seconds_all_portals"] = round(
                     read_s + per_portal * len(seeded["projects"]), 2
                 )
                 run["estimate_basis"] = (
-                    f"bulk read measured; reconcile time per portal ({per_portal * 1000:.1f} ms)"
-                    f" x {len(seeded['projects'])} portals"
+                    f"linear: bulk read measured, reconcile time per portal "
+                    f"({per_portal * 1000:.1f} ms) x {len(seeded['projects'])} portals. "
+                    "Measure for real with --steady-portals all (~25 min)"
                 )
             runs.append(run)
         result["sweeps"] = runs
@@ -229,6 +244,7 @@ async def initial_sync_and_latency(
     samples: int,
     event_samples: int,
     events_interval: float,
+    cost_samples: int = 20,
 ) -> dict[str, Any]:
     sim = WaldurSimulator()
     await sim.start()
@@ -246,11 +262,12 @@ async def initial_sync_and_latency(
 
         c0, h0 = _counts(handle), ctx.counter.snapshot()
         meter = ctx.hs.cpu()
-        started = time.perf_counter()
-        await bridge.sync.sweep()
-        read_s = time.perf_counter() - started
-        await handle.settle(timeout=3600)
-        sync_s = time.perf_counter() - started
+        with ctx.profiler("initial-sync") as profiler:
+            started = time.perf_counter()
+            await bridge.sync.sweep()
+            read_s = time.perf_counter() - started
+            await handle.settle(timeout=3600)
+            sync_s = time.perf_counter() - started
         usage = meter.stop()
         counts = _delta(c0, _counts(handle))
         hs_delta = ctx.counter.delta(h0, ctx.counter.snapshot())
@@ -300,6 +317,17 @@ async def initial_sync_and_latency(
             "ratio_to_raw_pairs": round(pairs / sync_s / raw_rate, 3),
             "ratio_to_raw_same_work": round(raw_full_s / sync_s, 3),
         }
+        if profiler.top() is not None:
+            result["initial_sync"]["profile_top_tottime"] = profiler.top()
+
+        raw_cpu = sum(r["cpu_during_pairs"]["synapse_cpu_s"] for r in (raw_before, raw_after))
+        result["initial_sync"]["synapse_cpu_ms_per_pair"] = {
+            "bridge": round(1000 * usage["synapse_cpu_s"] / pairs, 1),
+            "raw_pairs_only": round(1000 * raw_cpu / (2 * pairs), 1),
+        }
+        result["synapse_cost_per_operation"] = await raw.operation_costs(
+            ctx.client, ctx.hs.cpu, "k", cost_samples
+        )
 
         # A second sweep with nothing changed: no writes.
         c0, h0 = _counts(handle), ctx.counter.snapshot()
@@ -330,7 +358,11 @@ async def initial_sync_and_latency(
         restart_writes = ctx.counter.delta(h0, ctx.counter.snapshot())["writes"]
         await asyncio.sleep(events_interval * 2)  # the poller's first rounds
         await handle.settle()
-        via_events = await _grant_latency(ctx, handle, grants, event_samples)
+        # Random start times: right after a sample the next poll is a fixed time away, which
+        # would lock every sample to the same phase of the poll timer.
+        via_events = await _grant_latency(
+            ctx, handle, grants, event_samples, jitter=events_interval
+        )
         result["latency"] = {
             "definition": (
                 "from the Waldur change (grant call) to the homeserver pushing the puppet's "
@@ -358,6 +390,7 @@ async def _grant_latency(
     *,
     teams: list[Team] | None = None,
     tag: str = "",
+    jitter: float = 0.0,
     timeout: float = 30,
 ) -> dict[str, Any]:
     """Grant PROJECT.MEMBER, then wait for the puppet's join. With `grants`, people who are
@@ -366,7 +399,10 @@ async def _grant_latency(
     sim = handle.sim
     values: list[float] = []
     reads: list[int] = []
+    rng = random.Random(samples)
     for i in range(samples):
+        if jitter:
+            await asyncio.sleep(rng.uniform(0, jitter))
         if grants is not None:
             user, username, project = next(grants)
         else:

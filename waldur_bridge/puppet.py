@@ -116,7 +116,7 @@ class Puppet(DBPuppet, BasePuppet):
                 self.is_registered = True
                 await self.save()
             if displayname and displayname != self.displayname:
-                await self.intent.set_displayname(displayname)
+                await self.intent.set_displayname(displayname, check_current=False)
                 self.displayname = displayname
                 await self.save()
 

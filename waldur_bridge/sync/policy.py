@@ -183,9 +183,20 @@ def desired_team(
     """
     if project.removed:
         return {}
-    active_users = {
-        canonical_uuid(uuid): user for uuid, user in users.items() if user.is_active is True
-    }
+
+    rekeyed: dict[str, WaldurUser] | None = None
+
+    def active(user_uuid: str) -> bool:
+        # Look up only the people holding grants instead of re-keying every user on every
+        # reconcile; keys in another form are re-keyed once, and only after a miss.
+        nonlocal rekeyed
+        user = users.get(user_uuid)
+        if user is None:
+            if rekeyed is None:
+                rekeyed = {canonical_uuid(k): u for k, u in users.items()}
+            user = rekeyed.get(user_uuid)
+        return user is not None and user.is_active is True
+
     roles: dict[str, set[str]] = {}
     expiries: dict[str, list[datetime]] = {}
     for grant in grants:
@@ -193,7 +204,7 @@ def desired_team(
             continue
         user_uuid = canonical_uuid(grant.user_uuid)
         # Unknown or inactive users hold no access, whatever their grants say.
-        if user_uuid not in active_users:
+        if user_uuid not in roles and not active(user_uuid):
             continue
         roles.setdefault(user_uuid, set()).add(grant.role_name)
         expiries.setdefault(user_uuid, [])

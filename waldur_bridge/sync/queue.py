@@ -23,7 +23,6 @@ class _Pending:
     reasons: set[str] = field(default_factory=set)
     not_before: float = 0.0
     failures: int = 0
-    queued_at: float = field(default_factory=time.monotonic)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
@@ -109,19 +108,16 @@ class CoalescingQueue:
         await asyncio.wait_for(self._idle.wait(), timeout)
 
     def _next_ready(self) -> tuple[str | None, float | None]:
+        """The oldest ready key (dicts keep arrival order), else how long until one is ready."""
         now = time.monotonic()
         soonest: float | None = None
-        best: tuple[float, str] | None = None
         for key, pending in self._pending.items():
             if key in self._running:
                 continue
             if pending.not_before <= now:
-                if best is None or pending.queued_at < best[0]:
-                    best = (pending.queued_at, key)
-            elif soonest is None or pending.not_before < soonest:
+                return key, None
+            if soonest is None or pending.not_before < soonest:
                 soonest = pending.not_before
-        if best is not None:
-            return best[1], None
         return None, (None if soonest is None else max(0.0, soonest - now))
 
     async def _run(self) -> None:

@@ -17,6 +17,7 @@ from ..portal import Portal
 from ..waldur import Event, WaldurError
 from .changes import (
     ORDER_EVENTS,
+    USER_EVENTS,
     WATCHED_EVENTS,
     WEBHOOK_GROUPS,
     EventsPoller,
@@ -74,8 +75,13 @@ class SyncService:
         self.directory = WaldurDirectory(bridge.waldur)
         self.executor = PlanExecutor(self.config["bridge.membership.concurrency"])
         self.reconciler = Reconciler(self.config, self.policy, self.executor)
+        # Rooms are reconciled in parallel (each room's membership changes one at a time), so
+        # the homeserver write limit is also the number of rooms in flight.
         self.queue = CoalescingQueue(
-            self._reconcile_worker, concurrency=4, base_delay=5.0, name="reconcile"
+            self._reconcile_worker,
+            concurrency=self.config["bridge.membership.concurrency"],
+            base_delay=5.0,
+            name="reconcile",
         )
         self.poller = EventsPoller(
             bridge.waldur,
@@ -136,8 +142,14 @@ class SyncService:
     async def handle_hint(self, hint: Hint, source: str) -> None:
         reason = f"{source}:{hint.event_type}"
         projects = set(hint.project_uuids)
+        # A role event names its project (or organization): that is where to look. The person's
+        # other rooms change only with events about the person (deactivation, renames) or with
+        # an admin's link/unlink.
+        whole_person = hint.event_type in USER_EVENTS or source == "admin"
         for user_uuid in hint.user_uuids:
             self.directory.mark_user_dirty(user_uuid)
+            if not whole_person:
+                continue
             projects |= self.directory.projects_of_user.get(user_uuid, set())
             for customer_uuid in self.directory.customers_of_user.get(user_uuid, set()):
                 projects |= set(self.directory.projects_of_customer(customer_uuid))

@@ -72,6 +72,7 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
             PRIMARY KEY (project_uuid, mxid)
         )"""
     )
+    await conn.execute("CREATE INDEX portal_member_user_idx ON portal_member (waldur_user_uuid)")
     # Appservice transactions already handled, so a retried transaction is not handled twice
     # across restarts. Keyed by the transaction ID and its events (see matrix.py).
     await conn.execute(
