@@ -112,3 +112,20 @@ async def test_bridge_registers_its_own_web_hook(bridge_env: BridgeEnv) -> None:
     await bridge_env.start()
     await bridge_env.bridge.sync.register_webhook()
     assert sum(h.destination_url == expected for h in bridge_env.sim.hooks.values()) == 1
+
+
+async def test_new_project_reported_by_web_hook_gets_a_room(bridge_env: BridgeEnv) -> None:
+    await bridge_env.start()
+    await bridge_env.sweep()
+    await bridge_env.register_webhook()
+    org = bridge_env.sim.add_customer("Fresh Org")
+    project = bridge_env.sim.add_project(org, "Brand New")
+    bridge_env.sim.grant(
+        bridge_env.sim.add_user("first", "First Member"), project, "PROJECT.ADMIN"
+    )
+    room = await bridge_env.portal_room(project, timeout=10)
+
+    async def joined() -> bool:
+        return (await bridge_env.members(room)).get(bridge_env.puppet("first")) == "join"
+
+    await wait_for(joined, 10, "the first member in the new project's room")

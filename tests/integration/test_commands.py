@@ -52,14 +52,20 @@ class Team:
             await client.close()
 
 
-async def ask(client: MatrixTestUser, room: str, body: str, timeout: float = 10) -> dict[str, Any]:
-    """Send a command and return the bot's reply to it."""
+async def ask(
+    client: MatrixTestUser, room: str, body: str, timeout: float = 10, containing: str = ""
+) -> dict[str, Any]:
+    """Send a command and return the bot's reply to it (the one containing the given text)."""
     event_id = await client.send_text(room, body)
 
     def is_reply(event: dict[str, Any]) -> bool:
         content = event.get("content", {})
         reply_to = content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
-        return event.get("sender", "").startswith("@waldurbot:") and reply_to == event_id
+        return (
+            event.get("sender", "").startswith("@waldurbot:")
+            and reply_to == event_id
+            and containing in content.get("body", "")
+        )
 
     event = await client.wait_for_event(room, is_reply, timeout)
     return event["content"]
@@ -334,3 +340,48 @@ async def test_role_and_order_notices(bridge_env: BridgeEnv) -> None:
         assert "Update" in moved["content"]["body"]
     finally:
         await team.close()
+
+
+async def test_admin_export_disable_and_reactivate(bridge_env: BridgeEnv, tmp_path) -> None:
+    sim = bridge_env.sim
+    suffix = secrets.token_hex(3)
+    admin_id, token = await bridge_env.hs.register_user(f"ops{suffix}", "pw")
+    admin = MatrixTestUser(bridge_env.hs.url, admin_id, token)
+    org = sim.add_customer("Ops Org")
+    project = sim.add_project(org, "Lifecycle Project")
+    for i in range(2):
+        sim.grant(sim.add_user(f"lc{i}{suffix}", f"Life {i}"), project, "PROJECT.MEMBER")
+    exports = tmp_path / "exports"
+    try:
+        await bridge_env.start(
+            **{
+                "bridge.management_room": f"#waldur_ops{suffix}:localhost",
+                "bridge.permissions": {"*": "user", admin_id: "admin"},
+                "bridge.history_export": str(exports),
+            }
+        )
+        await bridge_env.sweep()
+        mgmt = await admin.wait_for_invite(timeout=10)
+        await admin.join(mgmt)
+        room = await bridge_env.portal_room(project)
+        assert len(await bridge_env.in_room(room)) == 3
+
+        exported = await ask(admin, mgmt, f"export {project}", timeout=20)
+        assert str(exports) in exported["body"]
+        assert len(list((exports / project).glob("*.json"))) == 1
+
+        closed = await ask(
+            admin, mgmt, 'disable "Lifecycle Project" --export --reason audit', 20, "Disabled"
+        )
+        assert "0 failed" in closed["body"]
+        assert await bridge_env.in_room(room) == {bridge_env.bot}
+        assert len(list((exports / project).glob("*.txt"))) == 2
+
+        rooms = await ask(admin, mgmt, "rooms --state disabled")
+        assert "Lifecycle Project" in rooms["body"]
+
+        reopened = await ask(admin, mgmt, f"reactivate {project}", timeout=20)
+        assert "Reactivated" in reopened["body"]
+        assert len(await bridge_env.in_room(room)) == 3
+    finally:
+        await admin.close()

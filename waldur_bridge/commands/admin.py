@@ -10,8 +10,9 @@ import mautrix
 from mautrix.bridge.commands import command_handler
 
 from .. import __version__, export, identity
-from ..db import AuditEntry, HeldRemoval, Portal, PortalMember, User as DBUser, portal as states
+from ..db import AuditEntry, HeldRemoval, PortalMember, User as DBUser, portal as states
 from ..diagnostics import format_report, run_diagnostics
+from ..portal import Portal
 from ..puppet import Puppet
 from ..sync.planner import Invite, Join, Kick, Plan, SetName, SetPowerLevels, SetTopic
 from ..sync.policy import canonical_uuid
