@@ -51,8 +51,8 @@ async def measure(rounds: int) -> dict[str, Any]:
                 sim.add_resource(project, f"vm-{i}", "Erred" if i == 0 else "OK")
             user_uuid = sim.add_user("asker", "Ann Asker")
             sim.grant(user_uuid, project, "PROJECT.ADMIN")
-            asker_id, asker_token = await hs.synapse.register_user("asker", "pw")
-            other_id, other_token = await hs.synapse.register_user("listener", "pw")
+            asker_id, asker_token = await hs.register_user("asker", "pw")
+            other_id, other_token = await hs.register_user("listener", "pw")
             asker = MatrixTestUser(hs.url, asker_id, asker_token)
             listener = MatrixTestUser(hs.url, other_id, other_token)
             await bridge.start(

@@ -22,7 +22,12 @@ from typing import Any
 from mautrix.api import HTTPAPI
 from mautrix.types import EventType, Membership
 
-from waldur_bridge.devenv.synapse import LocalSynapse, free_port, write_registration
+from waldur_bridge.devenv.synapse import (
+    AppserviceHomeserver,
+    LocalSynapse,
+    free_port,
+    write_registration,
+)
 from waldur_bridge.devenv.testing import BridgeRunner, make_registration, write_config
 from waldur_bridge.simulator import WaldurSimulator
 
@@ -245,38 +250,27 @@ class BenchmarkError(RuntimeError):
     """The run cannot give a valid measurement."""
 
 
-class Homeserver:
+class Homeserver(AppserviceHomeserver):
     """One Synapse for the whole run, with the bridge's own registration."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.as_port = free_port()
+        as_port = free_port()
         tokens = {"as_token": secrets.token_hex(16), "hs_token": secrets.token_hex(16)}
-        self.registration = make_registration(self.as_port, tokens)
-        self.registration_path = write_registration(
-            workdir / "synapse" / "registration.yaml", self.registration
+        registration = make_registration(as_port, tokens)
+        registration_path = write_registration(
+            workdir / "synapse" / "registration.yaml", registration
         )
-        self.synapse = LocalSynapse(workdir / "synapse", registration_path=self.registration_path)
-
-    @property
-    def url(self) -> str:
-        return self.synapse.url
+        synapse = LocalSynapse(workdir / "synapse", registration_path=registration_path)
+        super().__init__(synapse, registration, registration_path, as_port)
+        self.workdir = workdir
 
     @property
     def domain(self) -> str:
-        return self.synapse.server_name
-
-    @property
-    def as_token(self) -> str:
-        return str(self.registration["as_token"])
-
-    @property
-    def hs_token(self) -> str:
-        return str(self.registration["hs_token"])
+        return self.server_name
 
     @property
     def bot(self) -> str:
-        return f"@{self.registration['sender_localpart']}:{self.domain}"
+        return f"@{self.sender_localpart}:{self.domain}"
 
     async def start(self) -> None:
         await self.synapse.start()

@@ -6,7 +6,6 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from mautrix.bridge import BaseMatrixHandler
-from mautrix.bridge.commands import CommandProcessor
 from mautrix.bridge.crypto_state_store import PgCryptoStateStore
 from mautrix.types import (
     Event,
@@ -18,7 +17,7 @@ from mautrix.types import (
 )
 
 from . import portal as po, user as u
-from .commands.handler import WaldurCommandEvent
+from .commands.handler import WaldurCommandEvent, WaldurCommandProcessor
 from .db import AppserviceTxn
 
 if TYPE_CHECKING:
@@ -67,7 +66,7 @@ class MatrixHandler(BaseMatrixHandler):
         # their puppets (provisioning API), so puppet devices must be tracked like anyone's.
         self.user_id_prefix = bot
         self.user_id_suffix = ""
-        processor = CommandProcessor(bridge=bridge, event_class=WaldurCommandEvent)
+        processor = WaldurCommandProcessor(bridge=bridge, event_class=WaldurCommandEvent)
         super().__init__(command_processor=processor, bridge=bridge)
         if self.e2ee:
             state_store = CryptoStateStore(self.e2ee.crypto_db, bridge.get_portal)

@@ -175,180 +175,144 @@ def describe_plan(plan: Plan) -> str:
 # region commands
 
 
-async def _guarded(evt: WaldurCommandEvent, handler: Any) -> None:
-    try:
-        await handler()
-    except CommandError as e:
-        await evt.reply(str(e))
-
-
 @admin_command(
     name="rooms", help_section=SECTION_ROOMS, help_text="List portals", help_args="[--state s]"
 )
 async def rooms(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        positional, options = parse_args(evt.args)
-        state = options.get("state")
-        customer = options.get("customer")
-        portals = await Portal.all(state if isinstance(state, str) else None)
-        text = " ".join(positional).casefold()
-        if isinstance(customer, str):
-            portals = [
-                p for p in portals if customer in (p.customer_uuid, canonical_uuid(customer))
-            ]
-        if text:
-            portals = [p for p in portals if text in p.name.casefold()]
-        if not portals:
-            await evt.reply("No portals match.")
-            return
-        portals.sort(key=lambda p: (p.state, p.name.casefold()))
-        lines = [f"**{len(portals)} portal(s)**", ""]
-        for p in portals[:MAX_LISTED]:
-            error = f" — {_md(p.error[:120])}" if p.error else ""
-            name = _md(p.name) or "(unnamed)"
-            lines.append(f"- {name} `{p.project_uuid}` {p.state} {p.room_id or ''}{error}")
-        if len(portals) > MAX_LISTED:
-            lines.append(f"- … and {len(portals) - MAX_LISTED} more (narrow with --state or text)")
-        await evt.reply("\n".join(lines))
-
-    await _guarded(evt, body)
+    positional, options = parse_args(evt.args)
+    state = options.get("state")
+    customer = options.get("customer")
+    portals = await Portal.all(state if isinstance(state, str) else None)
+    text = " ".join(positional).casefold()
+    if isinstance(customer, str):
+        portals = [p for p in portals if customer in (p.customer_uuid, canonical_uuid(customer))]
+    if text:
+        portals = [p for p in portals if text in p.name.casefold()]
+    if not portals:
+        await evt.reply("No portals match.")
+        return
+    portals.sort(key=lambda p: (p.state, p.name.casefold()))
+    lines = [f"**{len(portals)} portal(s)**", ""]
+    for p in portals[:MAX_LISTED]:
+        error = f" — {_md(p.error[:120])}" if p.error else ""
+        name = _md(p.name) or "(unnamed)"
+        lines.append(f"- {name} `{p.project_uuid}` {p.state} {p.room_id or ''}{error}")
+    if len(portals) > MAX_LISTED:
+        lines.append(f"- … and {len(portals) - MAX_LISTED} more (narrow with --state or text)")
+    await evt.reply("\n".join(lines))
 
 
 @admin_command(name="create", help_section=SECTION_ROOMS, help_text="Create a project's room")
 async def create(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        query, _ = one_arg(evt, "create <project>")
-        project = await run(evt, resolve_project(evt, query))
-        portal = await Portal.get_by_project(project.uuid)
-        if portal is not None and portal.room_id and portal.state != states.ERROR:
-            await evt.reply(
-                f"{_md(project.name)} already has a room: {portal.room_id} ({portal.state})."
-            )
-            return
-        await run(evt, evt.bridge.sync.create_portal(project.uuid, wait=True))
-        portal = await Portal.get_by_project(project.uuid)
-        assert portal is not None
-        await evt.reply(f"Created the room of **{_md(project.name)}**: {portal.room_id}")
-
-    await _guarded(evt, body)
+    query, _ = one_arg(evt, "create <project>")
+    project = await run(evt, resolve_project(evt, query))
+    portal = await Portal.get_by_project(project.uuid)
+    if portal is not None and portal.room_id and portal.state != states.ERROR:
+        await evt.reply(
+            f"{_md(project.name)} already has a room: {portal.room_id} ({portal.state})."
+        )
+        return
+    await run(evt, evt.bridge.sync.create_portal(project.uuid, wait=True))
+    portal = await Portal.get_by_project(project.uuid)
+    assert portal is not None
+    await evt.reply(f"Created the room of **{_md(project.name)}**: {portal.room_id}")
 
 
 @admin_command(name="create-all", help_section=SECTION_ROOMS, help_text="Rooms for every project")
 async def create_all(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        _, options = parse_args(evt.args)
-        customer = options.get("customer")
-        try:
-            projects = await evt.bridge.waldur.list_projects(
-                canonical_uuid(customer) if isinstance(customer, str) else None
-            )
-        except (WaldurError, ValueError) as e:
-            raise CommandError(f"Could not list projects: {_md(e)}") from e
-        existing = {p.project_uuid for p in await Portal.all() if p.room_id}
-        missing = [p for p in projects if p.uuid not in existing]
-        if options.get("dry-run"):
-            listed = "\n".join(f"- {_md(p.name)} `{p.uuid}`" for p in missing[:MAX_LISTED])
-            more = (
-                f"\n- … and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
-            )
-            await evt.reply(f"Would create {len(missing)} room(s):\n\n{listed}{more}")
-            return
-        for project in missing:
-            await evt.bridge.sync.create_portal(project.uuid)
-        await evt.reply(
-            f"Creating {len(missing)} room(s) in the background; `rooms` shows progress."
+    _, options = parse_args(evt.args)
+    customer = options.get("customer")
+    try:
+        projects = await evt.bridge.waldur.list_projects(
+            canonical_uuid(customer) if isinstance(customer, str) else None
         )
-
-    await _guarded(evt, body)
+    except (WaldurError, ValueError) as e:
+        raise CommandError(f"Could not list projects: {_md(e)}") from e
+    existing = {p.project_uuid for p in await Portal.all() if p.room_id}
+    missing = [p for p in projects if p.uuid not in existing]
+    if options.get("dry-run"):
+        listed = "\n".join(f"- {_md(p.name)} `{p.uuid}`" for p in missing[:MAX_LISTED])
+        more = f"\n- … and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        await evt.reply(f"Would create {len(missing)} room(s):\n\n{listed}{more}")
+        return
+    for project in missing:
+        await evt.bridge.sync.create_portal(project.uuid)
+    await evt.reply(f"Creating {len(missing)} room(s) in the background; `rooms` shows progress.")
 
 
 @admin_command(name="sync", help_section=SECTION_ROOMS, help_text="Reconcile now")
 async def sync(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        query, options = one_arg(evt, "sync <project|all> [--dry-run]")
-        service = evt.bridge.sync
-        if query == "all":
-            if options.get("dry-run"):
-                raise CommandError("`sync all --dry-run` is not offered; dry-run one project.")
-            queued = await run(evt, service.sweep())
-            await evt.reply(f"Sweep done: {queued} portal(s) queued for reconcile.")
-            return
-        project, portal = await portal_for(evt, query)
-        name = _md(project.name if project else portal.name)
+    query, options = one_arg(evt, "sync <project|all> [--dry-run]")
+    service = evt.bridge.sync
+    if query == "all":
         if options.get("dry-run"):
-            try:
-                plan = await run(evt, service.preview(portal.project_uuid))
-            except ValueError as e:
-                raise CommandError(str(e)) from e
-            await evt.reply(f"**{name}**, dry run:\n\n{describe_plan(plan)}")
-            return
-        await run(evt, service.sync_now(portal.project_uuid))
-        await evt.reply(f"**{name}** is in sync with Waldur.")
-
-    await _guarded(evt, body)
+            raise CommandError("`sync all --dry-run` is not offered; dry-run one project.")
+        queued = await run(evt, service.sweep())
+        await evt.reply(f"Sweep done: {queued} portal(s) queued for reconcile.")
+        return
+    project, portal = await portal_for(evt, query)
+    name = _md(project.name if project else portal.name)
+    if options.get("dry-run"):
+        try:
+            plan = await run(evt, service.preview(portal.project_uuid))
+        except ValueError as e:
+            raise CommandError(str(e)) from e
+        await evt.reply(f"**{name}**, dry run:\n\n{describe_plan(plan)}")
+        return
+    await run(evt, service.sync_now(portal.project_uuid))
+    await evt.reply(f"**{name}** is in sync with Waldur.")
 
 
 @admin_command(name="disable", help_section=SECTION_ROOMS, help_text="Close a room")
 async def disable(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        query, options = one_arg(evt, "disable <project> [--export] [--reason <text>]")
-        project, portal = await portal_for(evt, query)
-        if portal.state == states.DISABLED:
-            raise CommandError(f"{_md(portal.name)} is already disabled.")
-        if options.get("export"):
-            await export_portal(evt, portal)
-        reason = options.get("reason")
-        text = (
-            f"an admin closed it ({reason})" if isinstance(reason, str) else "an admin closed it"
-        )
-        result = await evt.bridge.sync.disable(portal, text)
-        await AuditEntry(
-            action="disable",
-            outcome="done",
-            project_uuid=portal.project_uuid,
-            room_id=portal.room_id,
-            target=None,
-            cause=f"admin {evt.sender.mxid}: {text}",
-        ).insert()
-        await evt.reply(
-            f"Disabled **{_md(portal.name)}**: {result.outcome.done} action(s) done, "
-            f"{result.outcome.failed} failed."
-        )
-
-    await _guarded(evt, body)
+    query, options = one_arg(evt, "disable <project> [--export] [--reason <text>]")
+    project, portal = await portal_for(evt, query)
+    if portal.state == states.DISABLED:
+        raise CommandError(f"{_md(portal.name)} is already disabled.")
+    if options.get("export"):
+        await export_portal(evt, portal)
+    reason = options.get("reason")
+    text = f"an admin closed it ({reason})" if isinstance(reason, str) else "an admin closed it"
+    result = await evt.bridge.sync.disable(portal, text)
+    await AuditEntry(
+        action="disable",
+        outcome="done",
+        project_uuid=portal.project_uuid,
+        room_id=portal.room_id,
+        target=None,
+        cause=f"admin {evt.sender.mxid}: {text}",
+    ).insert()
+    await evt.reply(
+        f"Disabled **{_md(portal.name)}**: {result.outcome.done} action(s) done, "
+        f"{result.outcome.failed} failed."
+    )
 
 
 @admin_command(name="reactivate", help_section=SECTION_ROOMS, help_text="Reopen a room")
 async def reactivate(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        query, _ = one_arg(evt, "reactivate <project>")
-        project, portal = await portal_for(evt, query)
-        if project is None:
-            raise CommandError("That project no longer exists in Waldur; its room stays closed.")
-        if portal.state != states.DISABLED:
-            raise CommandError(f"{_md(portal.name)} is {portal.state}, not disabled.")
-        await run(evt, evt.bridge.sync.reactivate(portal))
-        await portal.notice("This room was reopened.")
-        await evt.reply(f"Reactivated **{_md(project.name)}** and synced its members.")
-
-    await _guarded(evt, body)
+    query, _ = one_arg(evt, "reactivate <project>")
+    project, portal = await portal_for(evt, query)
+    if project is None:
+        raise CommandError("That project no longer exists in Waldur; its room stays closed.")
+    if portal.state != states.DISABLED:
+        raise CommandError(f"{_md(portal.name)} is {portal.state}, not disabled.")
+    await run(evt, evt.bridge.sync.reactivate(portal))
+    await portal.notice("This room was reopened.")
+    await evt.reply(f"Reactivated **{_md(project.name)}** and synced its members.")
 
 
 @admin_command(name="retry", help_section=SECTION_ROOMS, help_text="Retry a failed room")
 async def retry(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        query, _ = one_arg(evt, "retry <project>")
-        project = await run(evt, resolve_project(evt, query))
-        portal = await Portal.get_by_project(project.uuid)
-        if portal is None or portal.state not in (states.ERROR, states.CREATING):
-            state = portal.state if portal else "no room"
-            raise CommandError(f"{_md(project.name)} is not in the error state ({state}).")
-        await run(evt, evt.bridge.sync.create_portal(project.uuid, wait=True))
-        portal = await Portal.get_by_project(project.uuid)
-        assert portal is not None
-        await evt.reply(f"**{_md(project.name)}**: {portal.state}, room {portal.room_id}.")
-
-    await _guarded(evt, body)
+    query, _ = one_arg(evt, "retry <project>")
+    project = await run(evt, resolve_project(evt, query))
+    portal = await Portal.get_by_project(project.uuid)
+    if portal is None or portal.state not in (states.ERROR, states.CREATING):
+        state = portal.state if portal else "no room"
+        raise CommandError(f"{_md(project.name)} is not in the error state ({state}).")
+    await run(evt, evt.bridge.sync.create_portal(project.uuid, wait=True))
+    portal = await Portal.get_by_project(project.uuid)
+    assert portal is not None
+    await evt.reply(f"**{_md(project.name)}**: {portal.state}, room {portal.room_id}.")
 
 
 async def export_portal(evt: WaldurCommandEvent, portal: Portal) -> None:
@@ -380,104 +344,90 @@ async def export_portal(evt: WaldurCommandEvent, portal: Portal) -> None:
 
 @admin_command(name="export", help_section=SECTION_ROOMS, help_text="Export a room's history")
 async def export_(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        query, _ = one_arg(evt, "export <project>")
-        _, portal = await portal_for(evt, query)
-        await export_portal(evt, portal)
-
-    await _guarded(evt, body)
+    query, _ = one_arg(evt, "export <project>")
+    _, portal = await portal_for(evt, query)
+    await export_portal(evt, portal)
 
 
 @admin_command(
     name="link", help_section=SECTION_PEOPLE, help_text="Map a Waldur user to a Matrix account"
 )
 async def link(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        positional, _ = parse_args(evt.args)
-        if len(positional) != 2:
-            raise CommandError("Usage: `link <waldur user> <matrix id>`")
-        user = await run(evt, resolve_user(evt, positional[0]))
-        mxid = positional[1]
-        if not identity.is_valid_mxid(mxid) and not mxid.startswith("@"):
-            raise CommandError(f"`{_md(mxid)}` is not a Matrix ID.")
-        if mxid == evt.az.bot_mxid or await Puppet.get_by_mxid(mxid) is not None:
-            raise CommandError("That is the bot or a puppet; link a person's own account.")
-        other = await DBUser.get_by_waldur_user(user.uuid)
-        if other is not None and other.mxid != mxid:
-            raise CommandError(
-                f"{_md(user.username)} is linked to {other.mxid}; `unlink` it first."
-            )
-        target = await DBUser.get_by_mxid(mxid)
-        if target is not None and target.waldur_user_uuid not in (None, user.uuid):
-            raise CommandError(f"{mxid} is linked to another Waldur user; `unlink` it first.")
-        target = target or DBUser(mxid=mxid)
-        await target.link(user.uuid, evt.sender.mxid)
-        evt.bridge.sync.reconciler.forget_links()
-        evt.bridge.sync.directory.mark_user_dirty(user.uuid)
-        await evt.bridge.sync.handle_hint_for_user(user.uuid, "link")
-        await evt.reply(
-            f"Linked {_md(user.full_name or user.username)} (`{user.username}`) to {mxid}."
-        )
-
-    await _guarded(evt, body)
+    positional, _ = parse_args(evt.args)
+    if len(positional) != 2:
+        raise CommandError("Usage: `link <waldur user> <matrix id>`")
+    user = await run(evt, resolve_user(evt, positional[0]))
+    mxid = positional[1]
+    if not identity.is_valid_mxid(mxid) and not mxid.startswith("@"):
+        raise CommandError(f"`{_md(mxid)}` is not a Matrix ID.")
+    if mxid == evt.az.bot_mxid or await Puppet.get_by_mxid(mxid) is not None:
+        raise CommandError("That is the bot or a puppet; link a person's own account.")
+    other = await DBUser.get_by_waldur_user(user.uuid)
+    if other is not None and other.mxid != mxid:
+        raise CommandError(f"{_md(user.username)} is linked to {other.mxid}; `unlink` it first.")
+    target = await DBUser.get_by_mxid(mxid)
+    if target is not None and target.waldur_user_uuid not in (None, user.uuid):
+        raise CommandError(f"{mxid} is linked to another Waldur user; `unlink` it first.")
+    target = target or DBUser(mxid=mxid)
+    await target.link(user.uuid, evt.sender.mxid)
+    evt.bridge.sync.reconciler.forget_links()
+    evt.bridge.sync.directory.mark_user_dirty(user.uuid)
+    await evt.bridge.sync.handle_hint_for_user(user.uuid, "link")
+    await evt.reply(
+        f"Linked {_md(user.full_name or user.username)} (`{user.username}`) to {mxid}."
+    )
 
 
 @admin_command(name="unlink", help_section=SECTION_PEOPLE, help_text="Remove a link")
 async def unlink(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        query, _ = one_arg(evt, "unlink <matrix id|waldur user>")
-        if query.startswith("@"):
-            target = await DBUser.get_by_mxid(query)
-        else:
-            user = await run(evt, resolve_user(evt, query))
-            target = await DBUser.get_by_waldur_user(user.uuid)
-        if target is None or target.waldur_user_uuid is None:
-            raise CommandError(f"`{_md(query)}` is not linked.")
-        user_uuid = target.waldur_user_uuid
-        await target.link(None, None)
-        evt.bridge.sync.reconciler.forget_links()
-        await evt.bridge.sync.handle_hint_for_user(user_uuid, "unlink")
-        await evt.reply(f"Unlinked {target.mxid}.")
-
-    await _guarded(evt, body)
+    query, _ = one_arg(evt, "unlink <matrix id|waldur user>")
+    if query.startswith("@"):
+        target = await DBUser.get_by_mxid(query)
+    else:
+        user = await run(evt, resolve_user(evt, query))
+        target = await DBUser.get_by_waldur_user(user.uuid)
+    if target is None or target.waldur_user_uuid is None:
+        raise CommandError(f"`{_md(query)}` is not linked.")
+    user_uuid = target.waldur_user_uuid
+    await target.link(None, None)
+    evt.bridge.sync.reconciler.forget_links()
+    await evt.bridge.sync.handle_hint_for_user(user_uuid, "unlink")
+    await evt.reply(f"Unlinked {target.mxid}.")
 
 
 @admin_command(name="whois", help_section=SECTION_PEOPLE, help_text="How a person maps")
 async def whois(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        query, _ = one_arg(evt, "whois <matrix id|waldur user>")
-        from .room import waldur_user_of
+    query, _ = one_arg(evt, "whois <matrix id|waldur user>")
+    from .room import waldur_user_of
 
-        if query.startswith("@"):
-            user_uuid = await waldur_user_of(evt, query)
-            if user_uuid is None:
-                await evt.reply(f"{_md(query)} is not mapped to any Waldur user.")
-                return
-            user = await run(evt, evt.bridge.waldur.get_user(user_uuid))
-        else:
-            user = await run(evt, resolve_user(evt, query))
-        reconciler = evt.bridge.sync.reconciler
-        mxid, puppet = await reconciler.matrix_account(user.uuid, user.username, user.email)
-        how = (
-            "puppet"
-            if puppet
-            else "linked account"
-            if await DBUser.get_by_waldur_user(user.uuid)
-            else "template"
-        )
-        rows = await PortalMember.db.fetch(
-            "SELECT project_uuid FROM portal_member WHERE mxid=$1", mxid or ""
-        )
-        rooms_ = [await Portal.get_by_project(r["project_uuid"]) for r in rows]
-        lines = [
-            f"**{_md(user.full_name or user.username)}** (`{user.username}`, `{user.uuid}`)",
-            f"- active in Waldur: {'yes' if user.is_active else 'no'}",
-            f"- Matrix: {mxid or 'no valid ID'} ({how})",
-            f"- rooms: {', '.join(_md(p.name) for p in rooms_ if p) or 'none'}",
-        ]
-        await evt.reply("\n".join(lines))
-
-    await _guarded(evt, body)
+    if query.startswith("@"):
+        user_uuid = await waldur_user_of(evt, query)
+        if user_uuid is None:
+            await evt.reply(f"{_md(query)} is not mapped to any Waldur user.")
+            return
+        user = await run(evt, evt.bridge.waldur.get_user(user_uuid))
+    else:
+        user = await run(evt, resolve_user(evt, query))
+    reconciler = evt.bridge.sync.reconciler
+    mxid, puppet = await reconciler.matrix_account(user.uuid, user.username, user.email)
+    how = (
+        "puppet"
+        if puppet
+        else "linked account"
+        if await DBUser.get_by_waldur_user(user.uuid)
+        else "template"
+    )
+    rows = await PortalMember.db.fetch(
+        "SELECT project_uuid FROM portal_member WHERE mxid=$1", mxid or ""
+    )
+    rooms_ = [await Portal.get_by_project(r["project_uuid"]) for r in rows]
+    lines = [
+        f"**{_md(user.full_name or user.username)}** (`{user.username}`, `{user.uuid}`)",
+        f"- active in Waldur: {'yes' if user.is_active else 'no'}",
+        f"- Matrix: {mxid or 'no valid ID'} ({how})",
+        f"- rooms: {', '.join(_md(p.name) for p in rooms_ if p) or 'none'}",
+    ]
+    await evt.reply("\n".join(lines))
 
 
 @admin_command(name="held", help_section=SECTION_SAFETY, help_text="Mass removals on hold")
@@ -511,34 +461,28 @@ async def _held_projects(evt: WaldurCommandEvent, query: str) -> list[str]:
 
 @admin_command(name="approve", help_section=SECTION_SAFETY, help_text="Carry out held removals")
 async def approve(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        query, _ = one_arg(evt, "approve <project|all>")
-        done = []
-        for project_uuid in await _held_projects(evt, query):
-            result = await run(evt, evt.bridge.sync.approve_held(project_uuid))
-            kicks = [a for a in result.plan.actions if isinstance(a, Kick)]
-            done.append(f"- {project_uuid}: removed {len(kicks)}")
-        await evt.reply("\n".join(["**Approved**", "", *done]) if done else "Nothing on hold.")
-
-    await _guarded(evt, body)
+    query, _ = one_arg(evt, "approve <project|all>")
+    done = []
+    for project_uuid in await _held_projects(evt, query):
+        result = await run(evt, evt.bridge.sync.approve_held(project_uuid))
+        kicks = [a for a in result.plan.actions if isinstance(a, Kick)]
+        done.append(f"- {project_uuid}: removed {len(kicks)}")
+    await evt.reply("\n".join(["**Approved**", "", *done]) if done else "Nothing on hold.")
 
 
 @admin_command(name="reject", help_section=SECTION_SAFETY, help_text="Keep the people held")
 async def reject(evt: WaldurCommandEvent) -> None:
-    async def body() -> None:
-        query, _ = one_arg(evt, "reject <project|all>")
-        kept: list[str] = []
-        for project_uuid in await _held_projects(evt, query):
-            kept += await evt.bridge.sync.reject_held(project_uuid)
-        if not kept:
-            await evt.reply("Nothing on hold.")
-            return
-        await evt.reply(
-            f"Kept {len(kept)} member(s): {', '.join(kept)}. They stay until an admin removes "
-            "them; the bridge treats them like people a moderator added."
-        )
-
-    await _guarded(evt, body)
+    query, _ = one_arg(evt, "reject <project|all>")
+    kept: list[str] = []
+    for project_uuid in await _held_projects(evt, query):
+        kept += await evt.bridge.sync.reject_held(project_uuid)
+    if not kept:
+        await evt.reply("Nothing on hold.")
+        return
+    await evt.reply(
+        f"Kept {len(kept)} member(s): {', '.join(kept)}. They stay until an admin removes "
+        "them; the bridge treats them like people a moderator added."
+    )
 
 
 @admin_command(name="diagnose", help_section=SECTION_BRIDGE, help_text="Live checks")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import shlex
 import time
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from mautrix.bridge.commands import CommandEvent, HelpSection
+from mautrix.bridge.commands import CommandEvent, CommandProcessor, HelpSection
 from mautrix.bridge.commands.handler import command_handlers
 from mautrix.types import (
     EventID,
@@ -116,6 +117,17 @@ def parse_args(args: list[str]) -> tuple[list[str], dict[str, str | bool]]:
 
 
 FLAG_OPTIONS = frozenset({"dry-run", "export"})
+
+
+class WaldurCommandProcessor(CommandProcessor):
+    """Turns a CommandError from any handler into a reply to the sender."""
+
+    @staticmethod
+    async def _run_handler(handler: Callable[[CommandEvent], Awaitable[Any]], evt: Any) -> Any:
+        try:
+            return await handler(evt)
+        except CommandError as e:
+            return await evt.reply(str(e))
 
 
 class WaldurCommandEvent(CommandEvent):

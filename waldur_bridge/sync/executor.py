@@ -27,10 +27,6 @@ class Outcome:
     failed: int = 0
     errors: list[str] = field(default_factory=list)
 
-    @property
-    def writes(self) -> int:
-        return self.done + self.failed
-
 
 def _already(e: MatrixRequestError, *phrases: str) -> bool:
     message = (e.message or "").lower()

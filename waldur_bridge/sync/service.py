@@ -24,7 +24,7 @@ from .changes import (
     Hint,
     hint_from_event,
 )
-from .directory import ProjectGone, ProjectView, Snapshot, WaldurDirectory
+from .directory import ProjectGone, ProjectView, WaldurDirectory
 from .executor import PlanExecutor
 from .planner import Plan
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
@@ -94,7 +94,6 @@ class SyncService:
             canonical_uuid(c) for c in self.config["bridge.portals.customers"] or ()
         }
         self._tasks: list[asyncio.Task] = []
-        self._snapshot: Snapshot | None = None
         self._sweep_lock = asyncio.Lock()
         self._sweeps = 0
         self.last_sweep: dict[str, float | int | str] = {}
@@ -223,7 +222,6 @@ class SyncService:
             except WaldurError:
                 SWEEPS.labels(outcome="failed").inc()
                 raise
-            self._snapshot = snapshot
             self._sweeps += 1
             queued: set[str] = set()
             for portal in await Portal.all():
@@ -263,7 +261,7 @@ class SyncService:
     # region reconcile
 
     async def _view(self, project_uuid: str, reasons: frozenset[str]) -> ProjectView:
-        snapshot = self._snapshot
+        snapshot = self.directory.last_snapshot
         if reasons == {SWEEP} and snapshot is not None and project_uuid in snapshot.projects:
             return snapshot.view(project_uuid)
         return await self.directory.read_project(project_uuid)
