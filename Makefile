@@ -59,7 +59,7 @@ test: venv synapse
 
 demo: venv synapse
 	WALDUR_BRIDGE_SYNAPSE_PYTHON='$(CURDIR)/$(SYNAPSE_VENV)/bin/python' \
-		$(VENV_BIN)/python -m waldur_bridge.devenv.demo
+		$(VENV_BIN)/python -m waldur_devenv.demo
 
 bench: venv synapse
 	WALDUR_BRIDGE_SYNAPSE_PYTHON='$(CURDIR)/$(SYNAPSE_VENV)/bin/python' \

@@ -24,8 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import BridgeHandle, Homeserver, JoinWatcher, summarize_ms
-from waldur_bridge.devenv.matrix_user import MatrixTestUser
-from waldur_bridge.simulator import WaldurSimulator
+from waldur_devenv.matrix_user import MatrixTestUser
+from waldur_simulator import WaldurSimulator
 
 
 def is_reply_to(event_id: str):

@@ -22,14 +22,14 @@ from typing import Any
 from mautrix.api import HTTPAPI
 from mautrix.types import EventType, Membership
 
-from waldur_bridge.devenv.synapse import (
+from waldur_devenv.synapse import (
     AppserviceHomeserver,
     LocalSynapse,
     free_port,
     write_registration,
 )
-from waldur_bridge.devenv.testing import BridgeRunner, make_registration, write_config
-from waldur_bridge.simulator import WaldurSimulator
+from waldur_devenv.testing import BridgeRunner, make_registration, write_config
+from waldur_simulator import WaldurSimulator
 
 log = logging.getLogger("bench")
 

@@ -28,6 +28,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+# The development packages (waldur_simulator, waldur_devenv) live at the repository's root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import raw
 from harness import Homeserver, HomeserverCounter, JoinWatcher, memory
 from scenarios import Context, initial_sync_and_latency, steady_state

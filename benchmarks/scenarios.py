@@ -21,7 +21,7 @@ from harness import (
     summarize_ms,
 )
 
-from waldur_bridge.simulator import WaldurSimulator, seed_bulk
+from waldur_simulator import WaldurSimulator, seed_bulk
 
 WEBHOOK_GROUPS = ("permissions", "projects", "users")
 

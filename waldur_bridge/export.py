@@ -29,7 +29,7 @@ from mautrix.appservice import IntentAPI
 from mautrix.errors import MatrixRequestError
 from mautrix.types import ContentURI, RoomID
 
-from .commands.format import escape_markdown
+from .messages import escape_markdown
 
 EXPORT_FORMAT = "org.waldur.matrix-bridge.room-export"
 EXPORT_VERSION = 1

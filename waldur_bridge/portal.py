@@ -18,8 +18,8 @@ from mautrix.types import (
     TextMessageEventContent,
 )
 
-from .commands.format import Reply
 from .db import Portal as DBPortal, portal as states
+from .messages import Reply
 
 if TYPE_CHECKING:
     from .__main__ import WaldurBridge
@@ -268,14 +268,8 @@ class Portal(DBPortal, BasePortal):
     async def get_power_levels(self) -> PowerLevelStateEventContent:
         return await self.main_intent.get_power_levels(self.mxid, ignore_cache=True)
 
-    async def notice(self, markdown: str) -> None:
-        """A notice written by the bridge itself (trusted Markdown)."""
-        from mautrix.util import markdown as md
-
-        await self.send_reply(Reply(markdown, md.render(markdown)))
-
     async def send_reply(self, reply: Reply) -> None:
-        """A notice with Waldur content, escaped by `commands.format`; encrypted if the room is."""
+        """A notice with Waldur content, escaped by `messages`; encrypted if the room is."""
         content = TextMessageEventContent(
             msgtype=MessageType.NOTICE,
             body=reply.markdown,

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from waldur_bridge.devenv.matrix_user import MatrixTestUser
-from waldur_bridge.devenv.synapse import (
+from waldur_devenv.matrix_user import MatrixTestUser
+from waldur_devenv.synapse import (
     AppserviceHomeserver,
     LocalSynapse,
     SynapseNotInstalled,
@@ -27,8 +27,8 @@ from waldur_bridge.devenv.synapse import (
     free_port,
     write_registration,
 )
-from waldur_bridge.devenv.testing import make_registration
-from waldur_bridge.simulator import WaldurSimulator
+from waldur_devenv.testing import make_registration
+from waldur_simulator import WaldurSimulator
 
 from .helpers import BridgeEnv
 

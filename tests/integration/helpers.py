@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 
-from waldur_bridge.devenv.synapse import AppserviceHomeserver
-from waldur_bridge.devenv.testing import BridgeRunner, write_config
-from waldur_bridge.simulator import WaldurSimulator
 from waldur_bridge.sync.changes import WEBHOOK_GROUPS
+from waldur_devenv.synapse import AppserviceHomeserver
+from waldur_devenv.testing import BridgeRunner, write_config
+from waldur_simulator import WaldurSimulator
 
 FAST_FEEDS = {
     # The tests drive changes through web hooks and explicit sweeps; the timers stay out of

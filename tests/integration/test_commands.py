@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from waldur_bridge.db import HeldRemoval
-from waldur_bridge.devenv.matrix_user import MatrixTestUser
+from waldur_devenv.matrix_user import MatrixTestUser
 
 from .helpers import BridgeEnv, wait_for
 

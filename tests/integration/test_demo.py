@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from waldur_bridge.devenv.synapse import SynapseNotInstalled, find_synapse_python
+from waldur_devenv.synapse import SynapseNotInstalled, find_synapse_python
 
+ROOT = Path(__file__).resolve().parents[2]
 SEEDED_PROJECTS = {"Telescope Pipeline", "Climate Models", "Genome Assembly", "Protein Folding"}
 
 
@@ -27,7 +28,7 @@ def test_demo_check_brings_up_every_portal_with_its_team(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "waldur_bridge.devenv.demo",
+            "waldur_devenv.demo",
             "--check",
             "--dir",
             str(workdir),
@@ -44,7 +45,12 @@ def test_demo_check_brings_up_every_portal_with_its_team(tmp_path: Path) -> None
         text=True,
         timeout=120,
         cwd=tmp_path,
-        env={**os.environ, "WALDUR_BRIDGE_SYNAPSE_PYTHON": synapse_python},
+        env={
+            **os.environ,
+            "WALDUR_BRIDGE_SYNAPSE_PYTHON": synapse_python,
+            # The demo is a development tool: it runs from the repository, not the wheel.
+            "PYTHONPATH": str(ROOT),
+        },
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     summary = json.loads(proc.stdout)

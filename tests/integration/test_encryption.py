@@ -24,15 +24,15 @@ from typing import Any
 
 import pytest
 
-from waldur_bridge.devenv.synapse import (
+from waldur_bridge.portal import Portal
+from waldur_devenv.synapse import (
     AppserviceHomeserver,
     LocalSynapse,
     SynapseNotInstalled,
     free_port,
     write_registration,
 )
-from waldur_bridge.devenv.testing import generate_registration, write_config
-from waldur_bridge.portal import Portal
+from waldur_devenv.testing import generate_registration, write_config
 
 from .helpers import BridgeEnv
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from waldur_bridge.db import AuditEntry, HeldRemoval
-from waldur_bridge.simulator import WaldurSimulator
+from waldur_simulator import WaldurSimulator
 
 from .helpers import BridgeEnv, wait_for
 

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
-from waldur_bridge.devenv.matrix_user import MatrixRequestError, MatrixTestUser
-from waldur_bridge.devenv.synapse import AppserviceHomeserver
+from waldur_devenv.matrix_user import MatrixRequestError, MatrixTestUser
+from waldur_devenv.synapse import AppserviceHomeserver
 
 MakeUser = Callable[..., Awaitable[MatrixTestUser]]
 

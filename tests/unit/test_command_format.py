@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from waldur_bridge.commands.format import (
+from waldur_bridge.messages import (
     MemberLine,
     Reply,
     error_reply,

@@ -9,7 +9,7 @@ import pytest
 from mautrix.util.config import yaml
 
 from waldur_bridge.config import FREE_FORM_MAPS, Config, ConfigError, _leaf_paths
-from waldur_bridge.devenv.testing import BASE_CONFIG, write_config
+from waldur_devenv.testing import BASE_CONFIG, write_config
 
 
 def load(path: Path) -> Config:

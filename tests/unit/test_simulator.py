@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from waldur_bridge.simulator import WaldurSimulator, seed_bulk, seed_demo
+from waldur_simulator import WaldurSimulator, seed_bulk, seed_demo
 
 # Keys (and order) from /work/shared/reference/waldur-7.0-live-samples.json.
 PROJECT_KEYS = [

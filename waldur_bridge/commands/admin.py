@@ -9,7 +9,7 @@ from typing import Any
 import mautrix
 from mautrix.bridge.commands import command_handler
 
-from .. import __version__, export, identity
+from .. import __version__, export, identity, messages as fmt
 from ..db import AuditEntry, HeldRemoval, PortalMember, User as DBUser, portal as states
 from ..diagnostics import format_report, run_diagnostics
 from ..portal import Portal
@@ -17,7 +17,6 @@ from ..puppet import Puppet
 from ..sync.planner import Invite, Join, Kick, Plan, SetName, SetPowerLevels, SetTopic
 from ..sync.policy import canonical_uuid
 from ..waldur import Project, User, WaldurError, WaldurNotFound
-from . import format as fmt
 from .handler import (
     SECTION_BRIDGE,
     SECTION_PEOPLE,
@@ -297,7 +296,7 @@ async def reactivate(evt: WaldurCommandEvent) -> None:
     if portal.state != states.DISABLED:
         raise CommandError(f"{_md(portal.name)} is {portal.state}, not disabled.")
     await run(evt, evt.bridge.sync.reactivate(portal))
-    await portal.notice("This room was reopened.")
+    await portal.send_reply(fmt.room_reopened_notice())
     await evt.reply(f"Reactivated **{_md(project.name)}** and synced its members.")
 
 

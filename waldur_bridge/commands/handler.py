@@ -21,7 +21,7 @@ from mautrix.types import (
 )
 from mautrix.util import markdown
 
-from .format import Reply
+from ..messages import Reply
 
 if TYPE_CHECKING:
     from ..__main__ import WaldurBridge

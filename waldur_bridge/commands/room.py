@@ -13,13 +13,12 @@ from datetime import UTC, datetime
 
 from mautrix.bridge.commands import command_handler
 
-from .. import identity
+from .. import identity, messages as fmt
 from ..db import User as DBUser
 from ..puppet import Puppet
 from ..sync.directory import ProjectGone, ProjectView
 from ..sync.policy import TeamMember, desired_team
 from ..waldur import WaldurError
-from . import format as fmt
 from .handler import SECTION_ROOM, WaldurCommandEvent
 
 log = logging.getLogger("waldur.commands.room")
@@ -200,5 +199,6 @@ async def help_(evt: WaldurCommandEvent) -> None:
 async def unknown_command(evt: WaldurCommandEvent) -> None:
     if evt.portal is not None and rate_limited(evt):
         return
-    word = evt.command.replace("`", "")[:40]
-    await evt.reply(f"Unknown command `{word}`. Send `$cmdprefix+sp help` for the list.")
+    await evt.send(
+        fmt.unknown_command_reply(evt.command, evt.bridge.config["bridge.command_prefix"])
+    )

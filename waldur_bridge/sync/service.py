@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from mautrix.util.opt_prometheus import Counter, Gauge, Histogram
 
-from ..commands.format import order_notice as fmt_order_notice, role_notice
 from ..db import HeldRemoval, PortalMember, portal as states
+from ..messages import order_notice as fmt_order_notice, role_notice, room_closed_notice
 from ..portal import Portal
 from ..waldur import Event, WaldurError
 from .changes import (
@@ -405,7 +405,7 @@ class SyncService:
         await portal.save()
         self.reconciler.forget_held(portal.project_uuid)
         try:
-            await portal.notice(f"This room was closed: {reason}.")
+            await portal.send_reply(room_closed_notice(reason))
         except Exception as e:
             log.warning("Could not post the closing notice in %s: %s", portal.room_id, e)
         return await self._close(portal, reason)

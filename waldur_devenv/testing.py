@@ -12,7 +12,7 @@ from typing import Any
 
 from mautrix.util.config import yaml
 
-from ..config import Config
+from waldur_bridge.config import Config
 
 BASE_CONFIG = "pkg://waldur_bridge/example-config.yaml"
 
@@ -108,7 +108,7 @@ class BridgeRunner:
         self.bridge: Any = None
 
     async def start(self) -> Any:
-        from ..__main__ import WaldurBridge
+        from waldur_bridge.__main__ import WaldurBridge
 
         bridge = WaldurBridge()
         bridge.prepare_arg_parser()

@@ -23,7 +23,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..waldur.records import Order, Resource
+    from .waldur.records import Order, Resource
 
 __all__ = [
     "MemberLine",
@@ -514,3 +514,25 @@ def order_notice(order: Order, old_state: str | None) -> Reply:
     if key == "erred" and _clean(order.error_message):
         parts += [" Error: ", _value(order.error_message, limit=ERROR_LIMIT)]
     return _line(_cat(*parts))
+
+
+def room_closed_notice(reason: str) -> Reply:
+    """The last notice in a room the bridge stops managing; ``reason`` is the bridge's own text."""
+    return _line(_cat("This room was closed: ", _value(reason, fallback="no reason given"), "."))
+
+
+def room_reopened_notice() -> Reply:
+    return _line(_text("This room was reopened."))
+
+
+def unknown_command_reply(word: str, prefix: str) -> Reply:
+    """The answer to a command word the bot does not know, pointing at ``help``."""
+    return _line(
+        _cat(
+            "Unknown command ",
+            _code(_clean(word, COMMAND_LIMIT)),
+            ". Send ",
+            _code(f"{prefix} help"),
+            " for the list.",
+        )
+    )

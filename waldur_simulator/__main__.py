@@ -1,6 +1,6 @@
 """Run the Waldur simulator standalone:
 
-python -m waldur_bridge.simulator --port 8080 --generation current --seed demo
+python -m waldur_simulator --port 8080 --generation current --seed demo
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`make demo`: the bridge for real, on this machine, with nothing to set up by hand.
 
-    python -m waldur_bridge.devenv.demo [--dir demo] [--check] [--keep]
+    python -m waldur_devenv.demo [--dir demo] [--check] [--keep]
 
 Starts, in a work directory (``demo/`` by default, wiped first unless ``--keep``):
 
@@ -39,8 +39,9 @@ from urllib.parse import quote
 import aiohttp
 from mautrix.util.config import yaml
 
-from ..identity import puppet_mxid
-from ..simulator import WaldurSimulator, seed_demo
+from waldur_bridge.identity import puppet_mxid
+from waldur_simulator import WaldurSimulator, seed_demo
+
 from .synapse import (
     LocalSynapse,
     SynapseNotInstalled,
@@ -122,7 +123,7 @@ def prepare_workdir(workdir: Path, keep: bool) -> None:
             )
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MARKER).write_text("made by python -m waldur_bridge.devenv.demo\n")
+    (workdir / MARKER).write_text("made by python -m waldur_devenv.demo\n")
 
 
 def tail(path: Path, lines: int = 60) -> str:
@@ -724,7 +725,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m waldur_bridge.devenv.demo",
+        prog="python -m waldur_devenv.demo",
         description="Run waldur-matrix-bridge for real: a local Synapse, the Waldur simulator "
         "and the bridge (SQLite).",
     )
