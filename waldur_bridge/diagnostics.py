@@ -17,6 +17,7 @@ from mautrix.errors import MatrixRequestError, MUnknownToken
 
 from .db import Cursor, Portal
 from .db.upgrade.v00_latest_revision import LATEST_REVISION
+from .startup import ping_bridge
 from .waldur import WaldurAuthError, WaldurError
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ async def _whoami(bridge: WaldurBridge) -> str:
 async def _ping(bridge: WaldurBridge) -> str:
     hs_token = fingerprint(bridge.config["appservice.hs_token"])
     try:
-        duration = await bridge.az.ping_self()
+        duration = await ping_bridge(bridge.az.intent, bridge.az.id)
     except MatrixRequestError as e:
         raise CheckFailed(
             f"ping failed: {e.errcode} {e.message}",

@@ -131,6 +131,13 @@ class BridgeEnv:
     # endregion
 
 
+async def ping(bridge: Any) -> int:
+    """The homeserver pings the bridge (raises when it cannot); the round trip in ms."""
+    from waldur_bridge.startup import ping_bridge
+
+    return await ping_bridge(bridge.az.intent, bridge.az.id)
+
+
 async def wait_for(
     check: Callable[[], Awaitable[Any]], timeout: float = 20, what: str = "condition"
 ) -> Any:

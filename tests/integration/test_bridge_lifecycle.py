@@ -6,11 +6,10 @@ import asyncio
 import os
 import signal
 import sys
-import time
 
 import aiohttp
 
-from .helpers import BridgeEnv, wait_for
+from .helpers import BridgeEnv, ping, wait_for
 
 
 async def test_bridge_starts_registers_bot_and_is_pinged(bridge_env: BridgeEnv) -> None:
@@ -21,8 +20,7 @@ async def test_bridge_starts_registers_bot_and_is_pinged(bridge_env: BridgeEnv) 
     profile = await bridge_env.hs_get(f"/profile/{bridge_env.bot}")
     assert profile.get("displayname") == "Waldur"
     # The homeserver reaches the bridge: an appservice ping round trip through Synapse.
-    duration = await bridge.az.ping_self()
-    assert duration >= 0
+    assert await ping(bridge) >= 0
     await bridge_env.stop()
     # After a clean stop nothing listens on the appservice port any more.
     async with aiohttp.ClientSession() as session:
@@ -62,7 +60,6 @@ async def test_cli_runs_and_stops_cleanly_on_sigterm(bridge_env: BridgeEnv) -> N
             proc.kill()
             output = (await proc.communicate())[0].decode()
             raise AssertionError(f"bridge did not become ready:\n{output[-3000:]}") from None
-    started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
         output = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
@@ -72,7 +69,6 @@ async def test_cli_runs_and_stops_cleanly_on_sigterm(bridge_env: BridgeEnv) -> N
         await proc.wait()
         raise AssertionError("the bridge did not stop within 30 s of SIGTERM") from None
     assert proc.returncode == 0, output[-3000:]
-    assert time.monotonic() - started < 15
     assert "Everything stopped" in output
     assert "Traceback" not in output
 

@@ -11,7 +11,7 @@ import pytest
 
 from waldur_bridge.db import Puppet as DBPuppet, User as DBUser
 
-from .helpers import BridgeEnv
+from .helpers import BridgeEnv, ping
 
 PREFIX = "/_matrix/provision/v1"
 
@@ -67,7 +67,7 @@ async def api(bridge_env: BridgeEnv) -> Any:
 
 
 async def assert_bridge_alive(env: BridgeEnv) -> None:
-    assert await env.bridge.az.ping_self() >= 0
+    assert await ping(env.bridge) >= 0
     async with aiohttp.ClientSession() as session:
         url = f"http://127.0.0.1:{env.hs.as_port}/_matrix/mau/live"
         async with session.get(url) as resp:

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from waldur_bridge.sync.queue import CoalescingQueue
+
+
+async def until(condition: Callable[[], object], timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.005)
 
 
 async def test_burst_for_one_project_coalesces() -> None:
@@ -19,7 +28,7 @@ async def test_burst_for_one_project_coalesces() -> None:
     queue.start()
     try:
         queue.request("p1", "hook")
-        await asyncio.sleep(0.01)
+        await until(lambda: runs)
         for i in range(50):
             queue.request("p1", f"event-{i % 3}")
         release.set()
@@ -34,12 +43,14 @@ async def test_one_run_per_key_and_parallel_keys() -> None:
     active: dict[str, int] = {}
     peak = 0
 
+    release = asyncio.Event()
+
     async def worker(key: str, reasons: frozenset[str]) -> None:
         nonlocal peak
         active[key] = active.get(key, 0) + 1
         assert active[key] == 1
         peak = max(peak, sum(active.values()))
-        await asyncio.sleep(0.01)
+        await release.wait()
         active[key] -= 1
 
     queue = CoalescingQueue(worker, concurrency=4)
@@ -47,7 +58,9 @@ async def test_one_run_per_key_and_parallel_keys() -> None:
     try:
         for i in range(20):
             queue.request(f"p{i % 5}", "x")
-            await asyncio.sleep(0.001)
+        # Held until several keys run at once, however slow the machine.
+        await until(lambda: peak > 1)
+        release.set()
         await queue.wait_idle(5)
     finally:
         await queue.stop()

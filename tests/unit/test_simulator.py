@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -551,17 +550,20 @@ async def test_faults(sim: WaldurSimulator, http: aiohttp.ClientSession) -> None
     sim.faults.latency = 0.2
     started = time.perf_counter()
     await api.call("GET", "/api/users/me/")
-    assert time.perf_counter() - started >= 0.2
+    # A lower bound only (the injected sleep); a small margin for the clock's resolution.
+    assert time.perf_counter() - started >= 0.19
     sim.faults.clear()
     assert sim.request_counts["GET /api/projects/"] == 6
     assert sim.request_counts["GET /api/customers/"] == 3
     assert sim.request_log[-1].status == 200
 
 
-async def test_bulk_listing_is_fast(sim: WaldurSimulator, http: aiohttp.ClientSession) -> None:
-    started = time.perf_counter()
+async def test_bulk_listing_pages_through_everything(
+    sim: WaldurSimulator, http: aiohttp.ClientSession
+) -> None:
+    # Speed is measured by benchmarks/, not asserted here: a bound would fail on a slow machine.
     info = seed_bulk(sim, projects=1000, grants=10_000)
-    assert info["grants"] == 10_000 and time.perf_counter() - started < 2
+    assert info["grants"] == 10_000
     api = staff(sim, http)
     sim.reset_request_log()
     url = "/api/user-permissions/?page_size=100"
@@ -573,7 +575,6 @@ async def test_bulk_listing_is_fast(sim: WaldurSimulator, http: aiohttp.ClientSe
         found = re.search(r'<([^>]+)>; rel="next"', headers["Link"])
         url = found.group(1).removeprefix(sim.url) if found else ""
     assert seen == 10_000
-    durations = [r.duration for r in sim.request_log]
-    assert len(durations) == 100 and statistics.median(durations) < 0.010
+    assert len(sim.request_log) == 100
     project = info["projects"][0]
     await api.get(f"/api/projects/{project}/list_users/")
