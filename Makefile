@@ -3,13 +3,16 @@
 #   .venv          the bridge and its dev tools (python3 -m venv; pip install -e '.[dev]')
 #   .venv-synapse  Synapse for the integration tests, the demo and the benchmarks
 #
-# Variables: PYTHON (interpreter for .venv, default python3; must be 3.11 or 3.12),
+# Variables: PYTHON (interpreter for the venv, default python3; must be 3.11, 3.12 or 3.13),
+#            VENV (the bridge's venv, default .venv; e.g. VENV=.venv-3.13 PYTHON=python3.13
+#            keeps a second one beside it), SYNAPSE_PYTHON (creates .venv-synapse, default python3),
 #            PYTEST_ARGS (extra pytest arguments for `make test`, e.g. PYTEST_ARGS='-k planner -x').
 
 PYTHON ?= python3
+SYNAPSE_PYTHON ?= python3
 PYTEST_ARGS ?=
 
-VENV := .venv
+VENV ?= .venv
 VENV_BIN := $(VENV)/bin
 SYNAPSE_VENV := .venv-synapse
 PIP_FLAGS := --quiet --disable-pip-version-check
@@ -19,7 +22,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 
 help:
 	@echo 'waldur-matrix-bridge: make targets'
-	@echo '  venv     create .venv ($(PYTHON), 3.11 or 3.12) with the bridge and its dev tools'
+	@echo '  venv     create $(VENV) ($(PYTHON), 3.11 to 3.13) with the bridge and its dev tools'
 	@echo '  synapse  install Synapse into $(SYNAPSE_VENV) (scripts/install-synapse.sh)'
 	@echo '  lint     ruff check and ruff format --check'
 	@echo '  format   ruff format, then ruff check --fix'
@@ -33,8 +36,8 @@ help:
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@$(PYTHON) -c 'import sys; v = sys.version_info; ok = (3, 11) <= v[:2] <= (3, 12); \
-		sys.exit(0 if ok else "error: $(PYTHON) is Python %d.%d; waldur-bridge needs 3.11 or 3.12 " \
+	@$(PYTHON) -c 'import sys; v = sys.version_info; ok = (3, 11) <= v[:2] <= (3, 13); \
+		sys.exit(0 if ok else "error: $(PYTHON) is Python %d.%d; waldur-bridge needs 3.11 to 3.13 " \
 		"(see requires-python in pyproject.toml); try make PYTHON=python3.12" % v[:2])'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
@@ -42,7 +45,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 synapse:
-	PYTHON='$(PYTHON)' SYNAPSE_VENV='$(CURDIR)/$(SYNAPSE_VENV)' bash scripts/install-synapse.sh
+	PYTHON='$(SYNAPSE_PYTHON)' SYNAPSE_VENV='$(CURDIR)/$(SYNAPSE_VENV)' bash scripts/install-synapse.sh
 
 lint: venv
 	$(VENV_BIN)/ruff check .
@@ -68,5 +71,5 @@ bench: venv synapse
 		$(VENV_BIN)/python benchmarks/command_latency.py
 
 clean:
-	rm -rf $(VENV) $(SYNAPSE_VENV) .pytest_cache .ruff_cache demo build dist *.egg-info
+	rm -rf $(VENV) .venv-3.* $(SYNAPSE_VENV) .pytest_cache .ruff_cache demo build dist *.egg-info
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

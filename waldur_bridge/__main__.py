@@ -11,7 +11,7 @@ from typing import Any
 from mautrix.bridge import Bridge
 from mautrix.types import RoomID, UserID
 
-from . import __version__
+from . import __version__, startup
 from .commands import admin as _admin, room as _room  # noqa: F401  (registers handlers)
 from .commands.handler import RateLimiter, remove_builtins
 from .config import Config, ConfigError
@@ -83,6 +83,7 @@ class WaldurBridge(Bridge):
 
     def prepare_bridge(self) -> None:
         super().prepare_bridge()
+        startup.install(self)
         cfg = self.config
         self.waldur = WaldurClient(
             cfg["waldur.url"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
 import secrets
 from collections.abc import Iterator
@@ -44,6 +45,14 @@ PERMISSION_LEVELS = ("user", "admin")
 
 PLACEHOLDER_WALDUR_URL = "https://waldur.example.org"
 PLACEHOLDER_WALDUR_TOKEN = "your-waldur-api-token"
+
+
+# What mautrix's encryption needs: the e2be extra (python-olm has no build for Python 3.13).
+ENCRYPTION_MODULES = ("olm", "Crypto", "unpaddedbase64", "base58")
+
+
+def encryption_installed() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ENCRYPTION_MODULES)
 
 
 class ConfigError(ValueError):
@@ -224,6 +233,12 @@ class Config(BaseBridgeConfig):
                     f"bridge.permissions.{mxid}: {level!r} is not one of "
                     f"{', '.join(PERMISSION_LEVELS)}."
                 )
+        if self.get("bridge.encryption.allow", False) is True and not encryption_installed():
+            problems.append(
+                "bridge.encryption.allow: true, but encryption support is not installed. "
+                "Install it with pip install 'waldur-matrix-bridge[e2be]' (python-olm builds "
+                "on Python 3.11 and 3.12), or set bridge.encryption.allow to false."
+            )
         if self.get("bridge.encryption.allow", False) and not self.get(
             "bridge.encryption.appservice", False
         ):

@@ -194,3 +194,18 @@ def test_registration_adds_msc3202_with_appservice_encryption(tmp_path: Path) ->
     users = [ns["regex"] for ns in registration["namespaces"]["users"]]
     assert users == [r"@waldur_.*:localhost", r"@waldurbot:localhost"]
     assert registration["namespaces"]["aliases"][0]["exclusive"] is True
+
+
+def test_encryption_without_the_extra_is_one_problem_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import waldur_bridge.config as config_module
+
+    settings = {"bridge.encryption.allow": True, "bridge.encryption.appservice": True}
+    monkeypatch.setattr(config_module, "encryption_installed", lambda: False)
+    problems = problems_of(write_raw(tmp_path, **settings))
+    assert len(problems) == 1
+    assert problems[0].startswith("bridge.encryption.allow: true")
+    assert "pip install 'waldur-matrix-bridge[e2be]'" in problems[0]
+    monkeypatch.setattr(config_module, "encryption_installed", lambda: True)
+    assert problems_of(write_raw(tmp_path, **settings)) == []
