@@ -175,7 +175,10 @@ async def test_wrong_homeserver_domain_stops_at_once(
     code = await cli.wait()
     assert code == 16, cli.output[-3000:]
     server_name = bridge_env.hs.server_name
-    line = f"homeserver.domain is 'wrong.example', but the homeserver's server name is '{server_name}'"
+    line = (
+        f"homeserver.domain is 'wrong.example', but the homeserver's server name is "
+        f"'{server_name}'"
+    )
     assert_one_clean_line(cli, line)
     assert "regenerate the registration with -g" in cli.lines_with(line)[0]
     # mautrix's own loop made tens of thousands of requests here.
