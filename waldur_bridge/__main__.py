@@ -23,6 +23,7 @@ from .puppet import Puppet
 from .sync.service import SyncService
 from .user import User
 from .waldur import WaldurClient
+from .waldur_access import WaldurAccess
 from .web import WebhookReceiver, mount_web
 
 # Longest clean stop before the process exits anyway (an operator's SIGTERM must work).
@@ -44,6 +45,7 @@ class WaldurBridge(Bridge):
     config: Config
     matrix: MatrixHandler
     waldur: WaldurClient
+    waldur_access: WaldurAccess
     sync: SyncService
     management: ManagementRoom
     webhook: WebhookReceiver | None = None
@@ -95,6 +97,8 @@ class WaldurBridge(Bridge):
             page_size=cfg["waldur.page_size"],
             user_agent=f"{self.name}/{self.version}",
         )
+        self.waldur_access = WaldurAccess(cfg["waldur.url"], self.notify_admins)
+        self.waldur.on_outcome = self.waldur_access.observe
         User.init_cls(self)
         Puppet.init_cls(self)
         Portal.init_cls(self)

@@ -113,6 +113,15 @@ async def _ping(bridge: WaldurBridge) -> str:
     return f"round trip {duration} ms (HS token {hs_token})"
 
 
+def _lost_since(bridge: WaldurBridge) -> str:
+    """How long the sync loops have been without Waldur, as a suffix ("" when they are not)."""
+    access = bridge.waldur_access
+    if not access.lost:
+        return ""
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(access.since))
+    return f"; the sync loops lost access ({access.state}) at {since}"
+
+
 async def _bot(bridge: WaldurBridge) -> str:
     rooms = await bridge.az.intent.get_joined_rooms()
     management = bridge.management.room_id
@@ -127,12 +136,12 @@ async def _waldur(bridge: WaldurBridge) -> str:
         me = await bridge.waldur.me()
     except WaldurAuthError as e:
         raise CheckFailed(
-            f"Waldur refused the token {token}: {e}",
+            f"Waldur refused the token {token}: {e}{_lost_since(bridge)}",
             "Create a new token for the service account and set token_lifetime to null.",
         ) from e
     except WaldurError as e:
         raise CheckFailed(
-            f"{bridge.config['waldur.url']} unreachable: {e}",
+            f"{bridge.config['waldur.url']} unreachable: {e}{_lost_since(bridge)}",
             "Check waldur.url and the network path to Waldur.",
         ) from e
     took = (time.monotonic() - started) * 1000

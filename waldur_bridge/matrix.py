@@ -6,7 +6,6 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from mautrix.bridge import BaseMatrixHandler
-from mautrix.bridge.crypto_state_store import PgCryptoStateStore
 from mautrix.types import (
     Event,
     EventID,
@@ -41,22 +40,6 @@ def transaction_key(txn_id: str, events: list[dict[str, Any]]) -> str:
     return digest.hexdigest()
 
 
-class CryptoStateStore(PgCryptoStateStore):
-    """mautrix's crypto state store, with the query that needs the portal table fixed."""
-
-    async def find_shared_rooms(self, user_id: UserID) -> list[RoomID]:
-        # mautrix assumes a portal.mxid column; ours is portal.room_id, which also makes the
-        # unqualified room_id ambiguous. It runs whenever someone's devices change (also while
-        # decrypting), so the broken query stopped commands in encrypted rooms.
-        rows = await self.db.fetch(
-            "SELECT mx_user_profile.room_id FROM mx_user_profile "
-            "JOIN portal ON portal.room_id=mx_user_profile.room_id "
-            "WHERE mx_user_profile.user_id=$1 AND portal.encrypted=true",
-            user_id,
-        )
-        return [RoomID(row["room_id"]) for row in rows]
-
-
 class MatrixHandler(BaseMatrixHandler):
     bridge: WaldurBridge
 
@@ -69,6 +52,9 @@ class MatrixHandler(BaseMatrixHandler):
         processor = WaldurCommandProcessor(bridge=bridge, event_class=WaldurCommandEvent)
         super().__init__(command_processor=processor, bridge=bridge)
         if self.e2ee:
+            # Imported only here: mautrix.crypto needs python-olm (the optional e2be extra).
+            from .crypto_store import CryptoStateStore
+
             state_store = CryptoStateStore(self.e2ee.crypto_db, bridge.get_portal)
             self.e2ee.state_store = self.e2ee.crypto.state_store = state_store
         self.prefix = bridge.config["bridge.command_prefix"]

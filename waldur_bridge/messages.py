@@ -536,3 +536,19 @@ def unknown_command_reply(word: str, prefix: str) -> Reply:
             " for the list.",
         )
     )
+
+
+def waldur_access_lost_notice(problem: str, fix: str) -> str:
+    """Management-room report (Markdown) when the bridge stops getting answers from Waldur."""
+    return (
+        f"**Waldur access lost:** {escape_markdown(_clean(problem, ERROR_LIMIT))} "
+        f"{escape_markdown(fix)} Until it is back, rooms are not changed and nobody is removed."
+    )
+
+
+def waldur_access_back_notice(down_seconds: float) -> str:
+    minutes = max(1, round(down_seconds / 60))
+    return (
+        f"**Waldur access is back** after about {_plural(minutes, 'minute')}; "
+        "rooms are being brought up to date."
+    )

@@ -80,8 +80,11 @@ class EventsPoller:
         *,
         interval: float,
         overlap: float,
+        already_reported: Callable[[BaseException], bool] = lambda error: False,
     ) -> None:
         self.client = client
+        # Errors someone else logs once per change of state (lost Waldur access): DEBUG here.
+        self.already_reported = already_reported
         self.handle = handle
         self.interval = interval
         self.overlap = overlap
@@ -124,5 +127,6 @@ class EventsPoller:
             except WaldurError as e:
                 self.errors += 1
                 delay = min(self.interval * 2**self.errors, 600)
-                log.warning("Events poll failed (%s), next try in %.0f s", e, delay)
+                level = logging.DEBUG if self.already_reported(e) else logging.WARNING
+                log.log(level, "Events poll failed (%s), next try in %.0f s", e, delay)
             await asyncio.sleep(delay)

@@ -88,6 +88,7 @@ class SyncService:
             self.handle_event,
             interval=self.config["waldur.events.interval"],
             overlap=self.config["waldur.events.overlap"],
+            already_reported=bridge.waldur_access.reported,
         )
         self.create_mode = self.config["bridge.portals.create"]
         self.create_customers = {
@@ -189,7 +190,8 @@ class SyncService:
                 log.info("Registered the bridge's web hook in Waldur")
                 return
             except WaldurError as e:
-                log.warning("Could not register the web hook in Waldur (%s); retrying", e)
+                level = logging.DEBUG if self.bridge.waldur_access.reported(e) else logging.WARNING
+                log.log(level, "Could not register the web hook in Waldur (%s); retrying", e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 600)
 
@@ -207,7 +209,11 @@ class SyncService:
             except WaldurError as e:
                 failures += 1
                 delay = min(interval, 15 * 2**failures)
-                log.warning("Sweep failed (%s); nobody is removed. Next try in %.0f s", e, delay)
+                # Lost access is logged once by waldur_access; each failed try only at DEBUG.
+                level = logging.DEBUG if self.bridge.waldur_access.reported(e) else logging.WARNING
+                log.log(
+                    level, "Sweep failed (%s); nobody is removed. Next try in %.0f s", e, delay
+                )
             await asyncio.sleep(delay)
 
     async def sweep(self) -> int:

@@ -140,6 +140,8 @@ class WaldurClient:
         self.stats = ClientStats()
         # Replaceable in tests so that backoff can be observed without waiting.
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        # Told the outcome of every logical request (None: success), e.g. to report lost access.
+        self.on_outcome: Callable[[WaldurError | None], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -457,6 +459,8 @@ class WaldurClient:
                     ) from exc
             else:
                 if 200 <= reply.status < 300:
+                    if self.on_outcome is not None:
+                        self.on_outcome(None)
                     return reply
                 problem = f"HTTP {reply.status}"
                 repeatable = reply.status == 429 or (reply.status >= 500 and method in _IDEMPOTENT)
@@ -611,6 +615,8 @@ class WaldurClient:
     def _failure(self, error: E) -> E:
         self.stats.failures += 1
         log.debug("Waldur call failed: %s", error)
+        if self.on_outcome is not None:
+            self.on_outcome(error)
         return error
 
 
