@@ -78,6 +78,7 @@ class WaldurBridge(Bridge):
             for problem in e.problems:
                 self.log.fatal("Configuration error: %s", problem)
             sys.exit(11)
+        startup.save_config(self.config)
 
     def prepare_db(self) -> None:
         super().prepare_db()

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import io
+import os
 import re
 import secrets
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 from mautrix.bridge.config import BaseBridgeConfig
 from mautrix.types import UserID
-from mautrix.util.config import ConfigUpdateHelper, ForbiddenDefault, RecursiveDict
-from ruamel.yaml.comments import CommentedMap
+from mautrix.util.config import ConfigUpdateHelper, ForbiddenDefault, RecursiveDict, yaml
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from . import secret_sources
 
 # Maps whose keys are the user's own (Matrix IDs, role names, logger names): copied whole,
 # never checked key by key against the defaults.
@@ -73,6 +78,65 @@ def _leaf_paths(data: Any, prefix: str = "") -> Iterator[str]:
         yield from _leaf_paths(value, f"{prefix}.{key}" if prefix else str(key))
 
 
+def _dump(data: Any) -> str:
+    buffer = io.StringIO()
+    yaml.dump(data, buffer)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: str, text: str) -> bool:
+    """Replace the file by a temporary one holding ``text``; False when it already had it."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            if stream.read() == text:
+                return False
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o600  # it holds tokens
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".waldur-bridge-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return True
+
+
+def _last_index(node: CommentedMap | CommentedSeq) -> Any:
+    return next(reversed(node)) if isinstance(node, CommentedMap) else len(node) - 1
+
+
+def _restore_trailing_comments(pristine: Any, merged: Any) -> None:
+    """Put back the packaged comments that the merge of the user's values dropped.
+
+    ruamel keeps the comment lines that follow a map or list (which document the *next* key) on
+    that collection's last entry. Copying the user's collection in (mautrix clears its comments
+    so the user's own do not leak) loses them: in the untouched example, the docs of
+    appservice.id, power_levels, default_power_level and history_export.
+    """
+    if not isinstance(pristine, CommentedMap | CommentedSeq) or not pristine:
+        return
+    if type(merged) is not type(pristine) or not merged:
+        return
+    last, new_last = _last_index(pristine), _last_index(merged)
+    entry = pristine.ca.items.get(last)
+    if entry is not None and new_last not in merged.ca.items:
+        merged.ca.items[new_last] = entry
+    if isinstance(pristine, CommentedMap):
+        for key, value in pristine.items():
+            if key in merged:
+                _restore_trailing_comments(value, merged[key])
+
+
 def _type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "true or false"
@@ -109,18 +173,79 @@ class Config(BaseBridgeConfig):
     """
 
     _unknown_keys: list[str]
+    # Keys the packaged defaults have and the loaded file did not (logged once it is saved).
+    added_keys: list[str]
+    # Secrets from WALDUR_BRIDGE_* variables (see secret_sources): in memory, never saved.
+    secrets: dict[str, secret_sources.Secret]
+    pending_save: bool
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unknown_keys = []
+        self.added_keys = []
+        self.secrets = {}
+        self._secret_problems: list[secret_sources.SecretProblem] = []
+        self.pending_save = False
 
+    # region secrets from the environment
+
+    def __getitem__(self, item: str) -> Any:
+        secret = self.secrets.get(item)
+        return secret.value if secret is not None else super().__getitem__(item)
+
+    def get(self, key: str, default_value: Any, allow_recursion: bool = True) -> Any:
+        secret = self.secrets.get(key)
+        if secret is not None:
+            return secret.value
+        return super().get(key, default_value, allow_recursion)
+
+    # endregion
     # region update
 
     def update(self, save: bool = True) -> None:
+        """Merge the file into the packaged defaults, in memory only.
+
+        Nothing is written here: ``save_validated`` writes once validation has passed, so a start
+        that fails validation leaves the file byte for byte as it was.
+        """
+        self.secrets, self._secret_problems = secret_sources.resolve(os.environ)
         base = self.load_base()
         if base is not None:
             self._unknown_keys = self._find_unknown_keys(base)
-        super().update(save=save)
+            present = set(_leaf_paths(self._data or {}))
+            self.added_keys = [
+                path
+                for path in _leaf_paths(base._data)
+                if path not in present and not any(p.startswith(f"{path}.") for p in present)
+            ]
+        # mautrix's __getitem__ answers from WALDUR_BRIDGE_* variables first; the merge must
+        # read the file's own values, or a value from the environment would be written into it.
+        env, self.env = self.env, {}
+        secret_values, self.secrets = self.secrets, {}
+        try:
+            super().update(save=False)
+        finally:
+            self.env = env
+            self.secrets = secret_values
+        self.pending_save = save
+
+    def save_validated(self) -> bool:
+        """Write the merged config if it differs from the file; whether it was written."""
+        if not self.pending_save:
+            return False
+        self.pending_save = False
+        return self.save()
+
+    def save(self) -> bool:  # type: ignore[override]
+        """Write the config (and a generated registration) atomically; whether it changed.
+
+        An unchanged config is not written at all; a changed one goes to a temporary file that
+        replaces the old one, keeping its permissions.
+        """
+        written = _write_atomic(self.path, _dump(self._data))
+        if self._registration and self.registration_path:
+            _write_atomic(self.registration_path, _dump(self._registration))
+        return written
 
     def _find_unknown_keys(self, base: RecursiveDict[CommentedMap]) -> list[str]:
         known = set(_leaf_paths(base._data))
@@ -151,6 +276,9 @@ class Config(BaseBridgeConfig):
         if base["waldur.webhook.secret"] == "generate":
             base["waldur.webhook.secret"] = secrets.token_urlsafe(32)
         base["waldur.url"] = str(base["waldur.url"]).rstrip("/")
+        pristine = self.load_base()
+        if pristine is not None:
+            _restore_trailing_comments(pristine._data, base._data)
 
     # endregion
     # region validation
@@ -174,7 +302,7 @@ class Config(BaseBridgeConfig):
 
     def validate(self) -> None:
         """Raise ConfigError listing every problem: placeholders, unknown keys, wrong types."""
-        problems: list[str] = []
+        problems: list[str] = [str(p) for p in self._secret_problems]
         for default in self.forbidden_defaults:
             if default.check(self):
                 hint = default.error or "Change it from the example value."

@@ -26,6 +26,7 @@ from mautrix.types import SpecVersions, VersionsResponse
 
 if TYPE_CHECKING:
     from .__main__ import WaldurBridge
+    from .config import Config
 
 log = logging.getLogger("mau.startup")
 
@@ -74,6 +75,24 @@ def fail(error: StartupError) -> NoReturn:
     # SystemExit passes through mautrix's `except Exception` handlers (which would log a
     # traceback); the bridge's run loop stops the database and exits with the code.
     raise SystemExit(error.code)
+
+
+def save_config(config: Config) -> None:
+    """Write the validated config (only now: a failed validation leaves the file alone)."""
+    for secret in config.secrets.values():
+        log.info("%s comes from %s, not from the config file", secret.key, secret.source)
+    try:
+        written = config.save_validated()
+    except OSError as e:
+        log.warning(
+            "Could not write the updated config to %s (%s); running with it in memory",
+            config.path,
+            e.strerror or e,
+        )
+        return
+    if config.added_keys:
+        where = f"added to {config.path}" if written else "not saved (-n)"
+        log.info("New settings with their defaults, %s: %s", where, ", ".join(config.added_keys))
 
 
 def install(bridge: WaldurBridge) -> None:

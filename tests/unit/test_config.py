@@ -79,6 +79,7 @@ def test_generate_secret_is_replaced_once(tmp_path: Path) -> None:
     first = Config(str(path), "", BASE_CONFIG)
     first.load()
     first.update(save=True)
+    assert first.save_validated()
     secret = first["waldur.webhook.secret"]
     assert secret != "generate" and len(secret) >= 32
     assert first["waldur.url"] == "http://127.0.0.1:8080"

@@ -1,0 +1,77 @@
+"""Secrets from the environment or from files, instead of the config file.
+
+Containers and Kubernetes hand secrets over as environment variables or as mounted files. For
+each secret key the bridge looks, in this order, at
+
+    WALDUR_BRIDGE_<KEY>_FILE   a path; the file's content (surrounding whitespace removed)
+    WALDUR_BRIDGE_<KEY>        the value itself
+
+where <KEY> is the dotted key in capitals with dots as underscores (``waldur.token`` ->
+``WALDUR_BRIDGE_WALDUR_TOKEN``). Such a value is used in memory only and never written into the
+config file (which keeps whatever it had).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "WALDUR_BRIDGE_"
+
+SECRET_KEYS = (
+    "waldur.token",
+    "waldur.webhook.secret",
+    "appservice.as_token",
+    "appservice.hs_token",
+)
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+@dataclass(frozen=True)
+class Secret:
+    key: str
+    value: str
+    source: str  # where it came from, for log lines: the variable's name (never the value)
+
+
+@dataclass
+class SecretProblem:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def resolve(environ: Mapping[str, str]) -> tuple[dict[str, Secret], list[SecretProblem]]:
+    """The secrets the environment provides, and what is wrong with the ones it names."""
+    found: dict[str, Secret] = {}
+    problems: list[SecretProblem] = []
+    for key in SECRET_KEYS:
+        name = env_name(key)
+        file_name = f"{name}_FILE"
+        if environ.get(file_name):
+            path = Path(environ[file_name])
+            try:
+                value = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                problems.append(
+                    SecretProblem(key, f"{file_name}={path} cannot be read ({reason}).")
+                )
+                continue
+            if not value:
+                problems.append(SecretProblem(key, f"{file_name}={path} is empty."))
+                continue
+            found[key] = Secret(key, value, f"{file_name}={path}")
+        elif name in environ:
+            value = environ[name].strip()
+            if not value:
+                problems.append(SecretProblem(key, f"{name} is set but empty."))
+                continue
+            found[key] = Secret(key, value, name)
+    return found, problems
