@@ -2,7 +2,7 @@
 # waldur-matrix-bridge. Build: docker build -t waldur-bridge .
 # Run:   docker run -v waldur-bridge-data:/data waldur-bridge
 # The first two starts write /data/config.yaml and /data/registration.yaml and exit
-# (see docker-run.sh); afterwards the container runs the bridge on port 29334.
+# (see docker-run.sh); afterwards the container runs the bridge on appservice.port (29334).
 
 FROM python:3.12-slim AS builder
 
@@ -21,8 +21,9 @@ RUN python -m venv /opt/venv \
 
 WORKDIR /src
 COPY . .
+# With the e2be extra (end-to-bridge encryption): python-olm builds on this Python (3.12).
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
-    && /opt/venv/bin/pip install /tmp/wheels/*.whl \
+    && /opt/venv/bin/pip install "$(ls /tmp/wheels/waldur_matrix_bridge-*.whl)[e2be]" \
     && /opt/venv/bin/python -c "import mautrix.bridge, olm, waldur_bridge.__main__"
 
 
@@ -48,8 +49,8 @@ VOLUME /data
 WORKDIR /data
 EXPOSE 29334
 
-# The appservice's own liveness endpoint (mautrix). Assumes appservice.port 29334.
+# The appservice's own liveness endpoint (mautrix), on the port and address the config names.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:29334/_matrix/mau/live', timeout=4)"]
+    CMD ["python", "-m", "waldur_bridge.healthcheck"]
 
 ENTRYPOINT ["/usr/local/bin/docker-run.sh"]

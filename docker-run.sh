@@ -32,7 +32,12 @@ Wrote an example configuration to $CONFIG. Edit it, at least:
   appservice.database                    postgres://user:password@host/db for production
                                          (default: SQLite in $DATA_DIR)
   waldur.url, waldur.token               your Waldur and the service account's API token
+                                         (or WALDUR_BRIDGE_WALDUR_TOKEN[_FILE] in the environment)
   bridge.permissions                     who may use the bridge and who is an admin
+  bridge.portals.create                  which projects get rooms: none (default: only rooms
+                                         admins create), all, or customers (listed organizations)
+  bridge.management_room                 the admins' room (an alias such as #waldur-admin:your.server);
+                                         null disables it
 Then start the container again to generate the registration.
 MSG
     exit 0
@@ -40,6 +45,22 @@ fi
 
 if [ ! -f "$REGISTRATION" ]; then
     waldur-bridge -g -c "$CONFIG" -r "$REGISTRATION"
+    # The registration's url is where the homeserver sends transactions; from another container
+    # "localhost" is the homeserver's own container, so the bridge would never hear from it.
+    address="$(python3 -c 'import sys
+from ruamel.yaml import YAML
+print(YAML(typ="safe", pure=True).load(open(sys.argv[1]))["appservice"]["address"])' "$CONFIG" \
+        2>/dev/null || true)"
+    case "$address" in
+        *://localhost | *://localhost[:/]* | *://127.* | *://\[::1\]*)
+            cat >&2 <<MSG
+warning: appservice.address is $address, so the registration tells the homeserver to reach the
+bridge at localhost: from the homeserver's container that is itself. Set appservice.address to
+the URL at which the homeserver reaches this container (e.g. http://waldur-bridge:29334),
+delete $REGISTRATION and start the container again.
+MSG
+            ;;
+    esac
     cat <<MSG
 Wrote the appservice registration to $REGISTRATION (its tokens are also in $CONFIG).
 Install it in the homeserver: for Synapse, copy it next to homeserver.yaml and list it under

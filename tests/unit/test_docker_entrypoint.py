@@ -96,7 +96,14 @@ def test_three_starts(tmp_path: Path, shim_env: dict[str, str]) -> None:
     assert first.returncode == 0, first.stdout + first.stderr
     assert config_path.exists()
     assert not registration_path.exists()
-    for key in ("homeserver.address", "appservice.address", "waldur.url", "waldur.token"):
+    for key in (
+        "homeserver.address",
+        "appservice.address",
+        "waldur.url",
+        "waldur.token",
+        "bridge.portals.create",
+        "bridge.management_room",
+    ):
         assert key in first.stdout
     config = _load_yaml(config_path)
     example = _load_yaml(EXAMPLE_CONFIG)
@@ -112,6 +119,7 @@ def test_three_starts(tmp_path: Path, shim_env: dict[str, str]) -> None:
     second = run_entrypoint(data, shim_env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "app_service_config_files" in second.stdout
+    assert "warning" not in second.stderr  # appservice.address names the container
     registration = _load_yaml(registration_path)
     assert registration["rate_limited"] is False
     assert registration["url"] == "http://waldur-bridge:29334"
@@ -137,6 +145,23 @@ def test_three_starts(tmp_path: Path, shim_env: dict[str, str]) -> None:
         f"arg={config_path}",
         "arg=--no-update",
     ]
+
+
+@pytest.mark.parametrize(
+    "address", ["http://localhost:29334", "http://127.0.0.1:29334", "http://[::1]:29334"]
+)
+def test_registration_for_localhost_warns(
+    tmp_path: Path, shim_env: dict[str, str], address: str
+) -> None:
+    assert run_entrypoint(tmp_path, shim_env).returncode == 0
+    fill_in_placeholders(tmp_path / "config.yaml")
+    config = tmp_path / "config.yaml"
+    config.write_text(config.read_text().replace("http://waldur-bridge:29334", address))
+    second = run_entrypoint(tmp_path, shim_env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert (tmp_path / "registration.yaml").exists()
+    assert f"warning: appservice.address is {address}" in second.stderr
+    assert "delete" in second.stderr and "registration.yaml" in second.stderr
 
 
 def test_second_start_fails_loudly_with_placeholders(
@@ -204,10 +229,9 @@ def test_dockerfile_volume_port_healthcheck_entrypoint() -> None:
     assert "29334" in " ".join(_all("EXPOSE")).split()
 
     (healthcheck,) = _all("HEALTHCHECK")
-    assert "/_matrix/mau/live" in healthcheck
     command = json.loads(healthcheck[healthcheck.index("CMD") + 3 :].strip())
-    assert command[:2] == ["python", "-c"]
-    compile(command[2], "<healthcheck>", "exec")
+    # The configured appservice.port, not a fixed one (see test_healthcheck.py).
+    assert command == ["python", "-m", "waldur_bridge.healthcheck"]
 
     (entrypoint,) = _all("ENTRYPOINT")
     assert json.loads(entrypoint) == ["/usr/local/bin/docker-run.sh"]
