@@ -243,7 +243,9 @@ async def _check_reachable(bridge: WaldurBridge) -> None:
     address = bridge.config["appservice.address"]
     try:
         txn_id = bridge.az.intent.api.get_txn_id()
-        duration = await ping_bridge(bridge.az.intent, bridge.az.id, txn_id, retry_count=0)
+        duration = await asyncio.wait_for(
+            ping_bridge(bridge.az.intent, bridge.az.id, txn_id, retry_count=0), REQUEST_TIMEOUT
+        )
     except MForbidden as e:
         fail(
             StartupError(
@@ -273,6 +275,14 @@ async def _check_reachable(bridge: WaldurBridge) -> None:
         )
     except MatrixConnectionError as e:
         fail(StartupError(f"Lost the homeserver at homeserver.address while pinging: {e}."))
+    except TimeoutError:
+        fail(
+            StartupError(
+                f"The homeserver did not answer the appservice ping within "
+                f"{REQUEST_TIMEOUT:.0f} s: check that it reaches this bridge at "
+                f"appservice.address {address}."
+            )
+        )
     log.info("The homeserver reaches the bridge (round trip %d ms)", duration)
 
 
