@@ -98,7 +98,8 @@ class WaldurBridge(Bridge):
             page_size=cfg["waldur.page_size"],
             user_agent=f"{self.name}/{self.version}",
         )
-        self.waldur_access = WaldurAccess(cfg["waldur.url"], self.notify_admins)
+        notify = self.notify_admins if cfg["bridge.management_room"] else None
+        self.waldur_access = WaldurAccess(cfg["waldur.url"], notify)
         self.waldur.on_outcome = self.waldur_access.observe
         User.init_cls(self)
         Puppet.init_cls(self)

@@ -24,7 +24,8 @@ UNREACHABLE = "unreachable"
 
 
 class WaldurAccess:
-    def __init__(self, url: str, notify: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(self, url: str, notify: Callable[[str], Awaitable[None]] | None) -> None:
+        # notify: posts to the management room; None without one (the log line is the report).
         self.url = url
         self.notify = notify
         self.state = OK
@@ -79,6 +80,8 @@ class WaldurAccess:
         )
 
     def _post(self, text: str) -> None:
+        if self.notify is None:
+            return
         try:
             task = asyncio.get_running_loop().create_task(self._send(text))
         except RuntimeError:
@@ -87,6 +90,7 @@ class WaldurAccess:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, text: str) -> None:
+        assert self.notify is not None
         try:
             await self.notify(text)
         except Exception as e:
