@@ -259,3 +259,33 @@ async def test_encryption_without_the_extra_names_it(bridge_env: BridgeEnv, cli:
     await cli.start()
     assert await cli.wait() == 11
     assert_one_clean_line(cli, "pip install 'waldur-matrix-bridge[e2be]'")
+
+
+@pytest.mark.parametrize("simulator", ["current", "7.0"], indirect=True)
+async def test_wrong_waldur_token_is_one_line_not_one_per_poll(
+    bridge_env: BridgeEnv, cli: Cli
+) -> None:
+    bridge_env.write_config(
+        **{
+            "waldur.token": "0123456789abcdef0123456789abcdef01234567",
+            "waldur.events.interval": 0.2,
+            # DEBUG shows each failed poll, to count them; they must stay below WARNING.
+            "logging.loggers.waldur.level": "DEBUG",
+        }
+    )
+    await cli.start()
+    await cli.wait_for_line("Startup complete")
+    line = await cli.wait_for_line("Waldur access lost")
+    assert "rejects waldur.token (HTTP 401" in line and "ERROR" in line
+
+    async def polls_failed() -> bool:
+        return len(cli.lines_with("Events poll failed")) >= 3
+
+    await wait_for(polls_failed, 60, "three failed polls")
+    assert cli.proc is not None
+    cli.proc.send_signal(signal.SIGTERM)
+    assert await cli.wait() == 0, cli.output[-3000:]
+    assert_one_clean_line(cli, "Waldur access lost")
+    assert all("DEBUG" in x for x in cli.lines_with("Events poll failed")), cli.output[-3000:]
+    assert not [x for x in cli.lines if "WARNING" in x and "Waldur" in x], cli.output[-3000:]
+    assert bridge_env.sim.staff_token not in cli.output
