@@ -80,6 +80,9 @@ class WaldurBridge(Bridge):
             sys.exit(11)
         startup.save_config(self.config)
 
+    def _log_db_error(self, e: Exception) -> None:
+        startup.database_failed(self, e)
+
     def prepare_db(self) -> None:
         super().prepare_db()
         init_db(self.db)

@@ -23,6 +23,7 @@ from mautrix.errors import (
     MUnknownToken,
 )
 from mautrix.types import SpecVersions, VersionsResponse
+from yarl import URL
 
 if TYPE_CHECKING:
     from .__main__ import WaldurBridge
@@ -30,9 +31,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mau.startup")
 
-# Exit codes (mautrix's own: 11 configuration, 16 homeserver connection, 18 old homeserver).
+# Exit codes (mautrix's own: 11 configuration, 16 homeserver connection, 18 old homeserver,
+# 25 database).
 EXIT_HOMESERVER = 16
 EXIT_LISTEN = 17
+EXIT_DATABASE = 25
 
 # Waits between start-up attempts while the homeserver is away or does not know the
 # registration yet: doubling from FIRST_RETRY up to MAX_RETRY seconds, for as long as it takes
@@ -93,6 +96,27 @@ def save_config(config: Config) -> None:
     if config.added_keys:
         where = f"added to {config.path}" if written else "not saved (-n)"
         log.info("New settings with their defaults, %s: %s", where, ", ".join(config.added_keys))
+
+
+def database_failed(bridge: WaldurBridge, error: Exception) -> NoReturn:
+    """One line for a database that cannot be opened or upgraded (mautrix logs a traceback)."""
+    url = str(bridge.config["appservice.database"])
+    try:
+        parsed = URL(url)
+        shown = str(parsed.with_password("***")) if parsed.password else url
+    except ValueError:
+        shown = "(unparsable URL)"
+    explanation = getattr(error, "explanation", None)
+    detail = f"{type(error).__name__}: {error}".rstrip(": ")
+    fail(
+        StartupError(
+            f"Cannot open the database (appservice.database {shown}): {detail}. "
+            + (f"{explanation} " if explanation else "")
+            + "Check appservice.database (for PostgreSQL: host, port, user, password, database) "
+            "and that the database server runs.",
+            EXIT_DATABASE,
+        )
+    )
 
 
 def install(bridge: WaldurBridge) -> None:

@@ -289,3 +289,17 @@ async def test_wrong_waldur_token_is_one_line_not_one_per_poll(
     assert all("DEBUG" in x for x in cli.lines_with("Events poll failed")), cli.output[-3000:]
     assert not [x for x in cli.lines if "WARNING" in x and "Waldur" in x], cli.output[-3000:]
     assert bridge_env.sim.staff_token not in cli.output
+
+
+async def test_unreachable_database_is_one_line_without_its_password(
+    bridge_env: BridgeEnv, cli: Cli
+) -> None:
+    port = free_port()  # nothing listens there
+    bridge_env.write_config(
+        **{"appservice.database": f"postgres://bridge:hunter2@127.0.0.1:{port}/bridge"}
+    )
+    await cli.start()
+    assert await cli.wait() == 25, cli.output[-3000:]
+    assert_one_clean_line(cli, "Cannot open the database (appservice.database")
+    assert f"postgres://bridge:***@127.0.0.1:{port}/bridge" in cli.output
+    assert "hunter2" not in cli.output
