@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.config
 
 import pytest
 from mautrix.util.logging.color import ColorFormatter
@@ -118,3 +119,14 @@ def test_colour_only_on_terminals() -> None:
         logger.removeHandler(handler)
     assert "\x1b[" not in stream.getvalue()
     assert stream.getvalue() == "[WARNING@waldur.test_colour] plain\n"
+
+
+def test_example_config_offers_the_json_formatter() -> None:
+    from pathlib import Path
+
+    from mautrix.util.config import yaml
+
+    example = Path(logs.__file__).parent / "example-config.yaml"
+    formatter = yaml.load(example.read_text())["logging"]["formatters"]["json"]
+    factory = logging.config.BaseConfigurator({}).resolve(formatter["()"])
+    assert factory is JSONFormatter
