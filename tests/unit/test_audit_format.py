@@ -65,7 +65,7 @@ def test_audit_reply_lists_actions_with_causes_and_outcomes() -> None:
     )
     assert "**invited**" in lines[2] and "role PROJECT.ADMIN" in lines[2]
     assert "**power levels** @waldur_ann:x=50" in lines[3]
-    assert lines[4].endswith("FAILED: M\\_FORBIDDEN")
+    assert lines[4].endswith("FAILED: M_FORBIDDEN")
     assert "<strong>removed</strong>" in reply.html and "<ul>" in reply.html
 
 
