@@ -70,14 +70,12 @@ def test_devices_beyond_the_limit_and_idle_ones_are_pruned() -> None:
         "C",
         "OLD",
     ]
-    # A device never seen counts as unused since forever.
-    assert devices_to_prune(
-        [_dev("NEW", 0), _dev("X", None)],
-        keep="NEW",
-        max_devices=5,
-        max_idle_ms=DAY_MS,
-        now_ms=NOW,
-    ) == ["X"]
+    # A device with no recorded use yet counts as new (homeservers record use in batches).
+    fresh = [_dev("NEW", 0), _dev("OLD", 5), _dev("X", None)]
+    assert devices_to_prune(fresh, keep="NEW", max_devices=5, max_idle_ms=DAY_MS, now_ms=NOW) == [
+        "OLD"
+    ]
+    assert devices_to_prune(fresh, keep="NEW", max_devices=2, max_idle_ms=0, now_ms=NOW) == ["OLD"]
 
 
 def test_mas_refusal_names_the_template_mode() -> None:

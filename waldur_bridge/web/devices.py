@@ -37,7 +37,9 @@ def devices_to_prune(
 
     def last_used(device: Mapping[str, Any]) -> int:
         seen = device.get("last_seen_ts")
-        return seen if isinstance(seen, int) and not isinstance(seen, bool) else 0
+        # Homeservers record use in batches, so a device made moments ago may show none yet:
+        # count it as new rather than as never used.
+        return seen if isinstance(seen, int) and not isinstance(seen, bool) else now_ms
 
     others = [d for d in devices if isinstance(d.get("device_id"), str) and d["device_id"] != keep]
     others.sort(key=last_used, reverse=True)

@@ -383,7 +383,8 @@ class ProvisioningAPI:
         ).rstrip("/")
         self.trusted_proxies = parse_networks(config["bridge.provisioning.trusted_proxies"] or ())
         self.devices = DeviceHygiene(
-            bridge.az.intent.user,
+            # The intent exists only once the appservice runs: looked up at each prune.
+            lambda mxid: bridge.az.intent.user(mxid),
             max_devices=config["bridge.provisioning.max_devices"],
             max_idle_days=config["bridge.provisioning.device_max_idle_days"],
         )
