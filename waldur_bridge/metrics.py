@@ -32,20 +32,6 @@ MEMBERSHIP_ACTIONS = Counter(
     "Homeserver writes of reconciles (invite, join, kick, power-levels, ...) by outcome",
     ["action", "outcome"],
 )
-HELD_REMOVALS = Gauge(
-    "waldur_bridge_held_removals", "Removals held for an admin by the mass-removal guard"
-)
-
-_held: dict[str, int] = {}
-
-
-def set_held_removals(project_uuid: str, count: int) -> None:
-    """Record the latest reconcile's held removals of a project (0 clears it)."""
-    if count:
-        _held[project_uuid] = count
-    else:
-        _held.pop(project_uuid, None)
-    HELD_REMOVALS.set(sum(_held.values()))
 
 
 def mark_good_sweep(at: float | None = None) -> None:
@@ -55,9 +41,15 @@ def mark_good_sweep(at: float | None = None) -> None:
 class LiveCollector:
     """Reads the queue length and the Waldur client's counters at scrape time."""
 
-    def __init__(self, queue_size: Callable[[], int], waldur_stats: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        queue_size: Callable[[], int],
+        waldur_stats: Callable[[], Any],
+        held_removals: Callable[[], int],
+    ) -> None:
         self.queue_size = queue_size
         self.waldur_stats = waldur_stats
+        self.held_removals = held_removals
 
     def collect(self) -> Iterator[Any]:
         queue = GaugeMetricFamily(
@@ -65,6 +57,11 @@ class LiveCollector:
         )
         queue.add_metric([], self.queue_size())
         yield queue
+        held = GaugeMetricFamily(
+            "waldur_bridge_held_removals", "Removals held for an admin by the mass-removal guard"
+        )
+        held.add_metric([], self.held_removals())
+        yield held
         stats = self.waldur_stats()
         requests = CounterMetricFamily(
             "waldur_bridge_waldur_requests", "HTTP requests to Waldur, retries included"
@@ -87,22 +84,26 @@ class LiveCollector:
 _collector: LiveCollector | None = None
 
 
-def register_live(queue_size: Callable[[], int], waldur_stats: Callable[[], Any]) -> None:
+def register_live(
+    queue_size: Callable[[], int],
+    waldur_stats: Callable[[], Any],
+    held_removals: Callable[[], int],
+) -> None:
     """Point the scrape-time metrics at this bridge's queue and Waldur client (once per process;
     a later bridge in the same process, as in tests, takes over)."""
     global _collector
     if REGISTRY is None:
         return
     if _collector is None:
-        _collector = LiveCollector(queue_size, waldur_stats)
+        _collector = LiveCollector(queue_size, waldur_stats, held_removals)
         REGISTRY.register(_collector)
     else:
         _collector.queue_size = queue_size
         _collector.waldur_stats = waldur_stats
+        _collector.held_removals = held_removals
 
 
 __all__ = [
-    "HELD_REMOVALS",
     "HINTS",
     "LAST_GOOD_SWEEP",
     "MEMBERSHIP_ACTIONS",
@@ -112,5 +113,4 @@ __all__ = [
     "LiveCollector",
     "mark_good_sweep",
     "register_live",
-    "set_held_removals",
 ]

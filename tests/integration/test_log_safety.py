@@ -49,7 +49,9 @@ async def test_no_secret_in_the_debug_log(bridge_env: BridgeEnv) -> None:
     hook_secret = f"hook{secrets.token_hex(16)}"
     org = sim.add_customer("Ledger Org")
     project = sim.add_project(org, "Ledger")
-    erin = sim.add_user("erin", "Erin Example")
+    # Unique names: the session's Synapse keeps every account other tests look for.
+    suffix = secrets.token_hex(3)
+    erin = sim.add_user(f"erin{suffix}", "Erin Example")
     sim.grant(erin, project, "PROJECT.ADMIN")
     erin_waldur_token = sim.token_for(erin)
     config = env.write_config(**{"waldur.webhook.secret": hook_secret, **DEBUG_EVERYWHERE})
@@ -98,14 +100,23 @@ async def test_no_secret_in_the_debug_log(bridge_env: BridgeEnv) -> None:
                 await puppet.close()
 
             # A grant: Waldur's web hook (secret in its path) makes the bridge invite Frank.
-            frank = sim.add_user("frank", "Frank Fisher")
+            frank = sim.add_user(f"frank{suffix}", "Frank Fisher")
             sim.grant(frank, project, "PROJECT.MEMBER")
-            frank_mxid = env.puppet("frank")
+            frank_mxid = env.puppet(f"frank{suffix}")
 
             async def frank_in() -> bool:
                 return frank_mxid in await env.in_room(room)
 
             await wait_for(frank_in, 30, "the web hook to bring Frank in")
+
+            async def frank_logged() -> bool:
+                # The homeserver shows the invite a moment before the bridge logs it.
+                return any(
+                    frank_mxid in line and "[INFO@waldur.sync.executor] Invited" in line
+                    for line in log_path.read_text(errors="replace").splitlines()
+                )
+
+            await wait_for(frank_logged, 30, "the INFO line of Frank's invite")
 
             # The hs_token as a query parameter (the legacy way), and a guessed hook secret.
             url = f"{base}/_matrix/app/v1/transactions/legacy1?access_token={env.hs.hs_token}"

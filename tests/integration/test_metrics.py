@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,9 +31,10 @@ async def test_metrics_names_queue_actions_sweeps_failures_and_holds(
     bridge_env: BridgeEnv,
 ) -> None:
     sim = bridge_env.sim
+    suffix = secrets.token_hex(3)
     org = sim.add_customer("Metered Org")
     project = sim.add_project(org, "Metered")
-    users = [sim.add_user(f"metered{i}", f"Metered {i}") for i in range(6)]
+    users = [sim.add_user(f"metered{i}{suffix}", f"Metered {i}") for i in range(6)]
     for user in users:
         sim.grant(user, project, "PROJECT.MEMBER")
     before = scrape()

@@ -12,7 +12,7 @@ from mautrix.errors import MatrixRequestError, MForbidden
 from mautrix.types import EventType, PowerLevelStateEventContent, RoomID, UserID
 
 from ..db import AuditEntry, PortalMember
-from ..metrics import MEMBERSHIP_ACTIONS, set_held_removals
+from ..metrics import MEMBERSHIP_ACTIONS
 from .planner import Invite, Join, Kick, Plan, SetName, SetPowerLevels, SetTopic
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ class PlanExecutor:
     def __init__(self, limit: int) -> None:
         self.semaphore = asyncio.Semaphore(limit)
         self.writes = 0
+        # Removals held by the latest reconcile of each project (for the metrics).
+        self.held: dict[str, int] = {}
 
     async def execute(
         self,
@@ -178,7 +180,10 @@ class PlanExecutor:
             if isinstance(action, Kick):
                 await kick(action)
 
-        set_held_removals(portal.project_uuid, len(plan.held))
+        if plan.held:
+            self.held[portal.project_uuid] = len(plan.held)
+        else:
+            self.held.pop(portal.project_uuid, None)
         for held in plan.held:
             await self._audit(portal, "kick", held.user_id, held.cause, "held", held.reason)
         for dry in plan.dry_run:

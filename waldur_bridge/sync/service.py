@@ -94,7 +94,11 @@ class SyncService:
         self._reported_holds: dict[str, frozenset[str]] = {}
         # Last state told to each order's room, so a change reported twice is told once.
         self._order_states: dict[str, str] = {}
-        register_live(lambda: self.queue.size, lambda: bridge.waldur.stats)
+        register_live(
+            lambda: self.queue.size,
+            lambda: bridge.waldur.stats,
+            lambda: sum(self.executor.held.values()),
+        )
 
     # region lifecycle
 
@@ -375,6 +379,7 @@ class SyncService:
             await member.save()
         await HeldRemoval.clear_project(project_uuid)
         self.reconciler.forget_held(project_uuid)
+        self.executor.held.pop(project_uuid, None)
         self._reported_holds.pop(project_uuid, None)
         return [h.mxid for h in held]
 
