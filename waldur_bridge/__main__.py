@@ -11,7 +11,7 @@ from typing import Any
 from mautrix.bridge import Bridge
 from mautrix.types import RoomID, UserID
 
-from . import __version__, startup
+from . import __version__, logs, startup
 from .commands import admin as _admin, room as _room  # noqa: F401  (registers handlers)
 from .commands.handler import RateLimiter, remove_builtins
 from .config import Config, ConfigError
@@ -70,6 +70,10 @@ class WaldurBridge(Bridge):
         except Exception as e:  # ruamel's parse errors have no common base worth naming
             print(f"Could not read config file {self.args.config!r}: {e}", file=sys.stderr)
             sys.exit(11)
+
+    def prepare_log(self) -> None:
+        super().prepare_log()
+        logs.configure(self.config)
 
     def check_config(self) -> None:
         try:

@@ -377,6 +377,7 @@ class Config(BaseBridgeConfig):
                 "in Synapse, experimental_features msc2409_to_device_messages_enabled and "
                 "msc3202_transaction_extensions). Regenerate the registration after changing it."
             )
+        problems.extend(self._validate_provisioning())
         template = self.get("bridge.username_template", "")
         if isinstance(template, str) and "{userid}" not in template:
             problems.append("bridge.username_template: must contain {userid}.")
@@ -390,6 +391,38 @@ class Config(BaseBridgeConfig):
                     "bridge.user_mapping.template: must look like @{username}:your.server "
                     "(placeholders: {username}, {uuid}, {email_local})."
                 )
+        return problems
+
+    def _validate_provisioning(self) -> list[str]:
+        from .web.proxy import parse_networks
+
+        problems = []
+        key = "bridge.provisioning.homeserver_url"
+        url = self.get(key, None)
+        if url is not None and not (isinstance(url, str) and re.match(r"^https?://[^/\s]+", url)):
+            problems.append(
+                f"{key}: {url!r} is not an http(s) URL (or null for homeserver.address)."
+            )
+        proxies = self.get("bridge.provisioning.trusted_proxies", []) or []
+        if isinstance(proxies, list):
+            try:
+                parse_networks(proxies)
+            except ValueError as e:
+                problems.append(
+                    f"bridge.provisioning.trusted_proxies: {e}; use 10.0.0.5 or 10.0.0.0/8."
+                )
+        origins = self.get("bridge.provisioning.cors_origins", []) or []
+        if isinstance(origins, list):
+            for origin in origins:
+                if origin != "*" and not re.match(r"^https?://[^/\s]+/?$", str(origin)):
+                    problems.append(
+                        f"bridge.provisioning.cors_origins: {origin!r} is not an origin "
+                        '(scheme and host, e.g. https://waldur.example.org, or "*").'
+                    )
+        for key in ("bridge.provisioning.max_devices", "bridge.provisioning.device_max_idle_days"):
+            value = self.get(key, 0)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                problems.append(f"{key}: must be 0 (no limit) or more, got {value!r}.")
         return problems
 
     # endregion

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mautrix.errors import MatrixRequestError, MUnknownToken
 
@@ -81,8 +81,16 @@ async def _homeserver(bridge: WaldurBridge) -> str:
             f"{bridge.config['homeserver.address']} did not answer /versions ({e})",
             "Check homeserver.address and that the homeserver runs.",
         ) from e
-    latest = ", ".join(str(v) for v in sorted(versions.versions)[-3:])
-    return f"{bridge.config['homeserver.address']} speaks {latest}"
+    return f"{bridge.config['homeserver.address']} speaks {spec_versions(versions.versions)}"
+
+
+def spec_versions(versions: Iterable[Any]) -> str:
+    """The homeserver's spec versions as ``version`` and ``diagnose`` both show them."""
+    ordered = sorted(versions)
+    if not ordered:
+        return "no spec version"
+    newest = ", ".join(str(v) for v in ordered[-3:])
+    return f"{newest} ({len(ordered)} spec versions in all)"
 
 
 async def _whoami(bridge: WaldurBridge) -> str:

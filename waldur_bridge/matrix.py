@@ -18,6 +18,7 @@ from mautrix.types import (
 from . import portal as po, user as u
 from .commands.handler import WaldurCommandEvent, WaldurCommandProcessor
 from .db import AppserviceTxn
+from .web.transactions import usable_events
 
 if TYPE_CHECKING:
     from .__main__ import WaldurBridge
@@ -78,6 +79,8 @@ class MatrixHandler(BaseMatrixHandler):
         original = self.az.handle_transaction
 
         async def handle_transaction(txn_id: str, *, events: list[dict[str, Any]], **kwargs):
+            # Malformed items are skipped; the good ones around them are still handled.
+            events = usable_events(txn_id, events)
             key = transaction_key(txn_id, events)
             if await AppserviceTxn.seen(key):
                 self.log.debug("Transaction %s was handled before a restart, skipping", txn_id)

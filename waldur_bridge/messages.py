@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from .waldur.records import Order, Resource
 
 __all__ = [
+    "AuditLine",
     "MemberLine",
     "Reply",
+    "audit_reply",
     "error_reply",
     "help_reply",
     "members_reply",
@@ -141,6 +143,19 @@ class MemberLine:
     roles: tuple[str, ...]
     membership: str  # the Matrix membership in the portal room: join, invite, none or leave
     expires: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditLine:
+    """One row of the audit log as ``audit`` shows it."""
+
+    when: datetime
+    action: str  # invite, join, kick, power-levels, set-name, set-topic, ...
+    target: str | None
+    room: str  # the project's name (or its UUID when the room is gone)
+    cause: str
+    outcome: str  # done, failed, held, dry-run
+    detail: str = ""
 
 
 # --- escaping -----------------------------------------------------------------------------------
@@ -552,3 +567,50 @@ def waldur_access_back_notice(down_seconds: float) -> str:
         f"**Waldur access is back** after about {_plural(minutes, 'minute')}; "
         "rooms are being brought up to date."
     )
+
+
+# --- audit log ----------------------------------------------------------------------------------
+
+_AUDIT_VERBS = {
+    "invite": "invited",
+    "join": "joined",
+    "kick": "removed",
+    "power-levels": "power levels",
+    "set-name": "renamed",
+    "set-topic": "new topic",
+}
+_AUDIT_OUTCOMES = {"failed": "FAILED", "held": "held for an admin", "dry-run": "dry run only"}
+MAX_AUDIT_LINES = 30
+
+
+def audit_reply(subject: str, since: str | None, lines: Sequence[AuditLine], total: int) -> Reply:
+    """``audit``: the newest membership actions about a project or a person, with causes."""
+    span = f" since {since}" if since else ""
+    if not lines:
+        return _line(_cat("No audit entries for ", _value(subject), f"{span}."))
+    items: list[_Frag] = []
+    for entry in lines[:MAX_AUDIT_LINES]:
+        parts: list[_Frag | str] = [
+            entry.when.strftime("%Y-%m-%d %H:%M"),
+            " · ",
+            _bold(_AUDIT_VERBS.get(entry.action, entry.action)),
+        ]
+        if entry.target:
+            parts += [" ", _value(entry.target, limit=ERROR_LIMIT)]
+        parts += [" · ", _value(entry.room)]
+        if entry.cause:
+            parts += [" · ", _value(entry.cause, limit=ERROR_LIMIT)]
+        if entry.outcome != "done":
+            parts += [" · ", _AUDIT_OUTCOMES.get(entry.outcome, entry.outcome)]
+            if entry.detail:
+                parts += [": ", _value(entry.detail, limit=ERROR_LIMIT)]
+        items.append(_cat(*parts))
+    shown = min(len(lines), MAX_AUDIT_LINES)
+    header = _cat(
+        _bold("Audit log of ", _value(subject)),
+        f"{span} (UTC, newest first): {_plural(total, 'entry', 'entries')}",
+    )
+    footer = None
+    if total > shown:
+        footer = _text(f"Showing the newest {shown}; narrow it with --since.")
+    return _reply(header, items, footer)

@@ -73,8 +73,21 @@ class DemoError(RuntimeError):
     """Something did not come up; the message says what and where to look."""
 
 
+def emit(text: str, stream_name: str = "stdout") -> None:
+    """Print without ever failing: once the reader is gone (`make demo | tee log`, then
+    Ctrl-C kills tee), the stream goes to /dev/null, so stopping never trips over it."""
+    stream = getattr(sys, stream_name)
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError):  # BrokenPipeError, or a stream closed under us
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+
+
 def say(text: str = "") -> None:
-    print(text, file=sys.stderr, flush=True)
+    emit(text, "stderr")
 
 
 # region ports and files
@@ -556,6 +569,8 @@ class Demo:
         frank = self.seeded["users"]["frank"]
         alice_token = self.sim.token_for(self.seeded["users"]["alice"])
         room = quote(genome.room_id or "<room id>", safe="")
+        telescope = next(p for p in self.projects if p.key == "telescope")
+        alice_room = quote(telescope.room_id or "<room id>", safe="")
         config = shown_path(self.config_path)
         grant_body = json.dumps({"user": frank, "role": "PROJECT.MEMBER"})
         rule = "=" * 78
@@ -604,9 +619,20 @@ class Demo:
             f"       -H 'Content-Type: application/json' -d '{grant_body}' \\",
             f"       {sim}/api/projects/{genome.uuid}/delete_user/",
             "",
-            "Log in as your puppet with your Waldur token (provisioning API; here Alice's):",
-            f"  curl -s -X POST -H 'Authorization: Token {alice_token}' \\",
-            f"       http://127.0.0.1:{self.bridge_port}/_matrix/provision/v1/login",
+            "Try the room commands as a Waldur user: Waldur's Alice logs in as her puppet",
+            "with her Waldur token (provisioning API), then asks the bot in her project's room:",
+            f"  TOKEN=$(curl -s -X POST -H 'Authorization: Token {alice_token}' \\",
+            f"       http://127.0.0.1:{self.bridge_port}/_matrix/provision/v1/login \\",
+            "     | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+            '  curl -s -X PUT -H "Authorization: Bearer $TOKEN" \\',
+            '       -d \'{"msgtype": "m.text", "body": "!status"}\' \\',
+            f"       '{hs}/_matrix/client/v3/rooms/{alice_room}/send/m.room.message/try-$RANDOM'",
+            '  sleep 1; curl -s -H "Authorization: Bearer $TOKEN" \\',
+            f"       '{hs}/_matrix/client/v3/rooms/{alice_room}/messages?dir=b&limit=2' \\",
+            "       | python3 -m json.tool",
+            "  (also !orders, !members, !help). Log the session out again with:",
+            '  curl -s -X POST -H "Authorization: Bearer $TOKEN" \\',
+            f"       http://127.0.0.1:{self.bridge_port}/_matrix/provision/v1/logout",
             "",
             "Files:",
             f"  bridge config        {config}",
@@ -616,7 +642,7 @@ class Demo:
             f"  Synapse log          {shown_path(self.synapse.log_path)}",
             rule,
         ]
-        print("\n".join(lines), flush=True)
+        emit("\n".join(lines))
 
     # --- run and stop -------------------------------------------------------------------
 
@@ -659,16 +685,25 @@ class Demo:
         return stopped
 
     def kill_now(self) -> None:
-        """atexit: never leave the bridge behind (Synapse has its own)."""
+        """atexit, or a second signal: never leave the bridge or Synapse behind."""
         if self.bridge is not None and self.bridge.returncode is None:
             with contextlib.suppress(OSError):
                 os.kill(self.bridge.pid, signal.SIGKILL)
+        if self.synapse is not None:
+            with contextlib.suppress(Exception):
+                self.synapse.stop_blocking(timeout=5)
 
 
-def _on_signal(task: asyncio.Task[int], stopping: list[bool]) -> None:
+# Ctrl-C, `kill`, and a closed terminal (SIGHUP) all stop the demo the same way.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _on_signal(demo: Demo, task: asyncio.Task[int], stopping: list[bool]) -> None:
     if stopping:
-        say("Still stopping; please wait.")
-        return
+        # Asked again while stopping: stop at once, leaving nothing running.
+        say("Stopping now.")
+        demo.kill_now()
+        os._exit(130)
     stopping.append(True)
     say("\nStopping ...")
     task.cancel()
@@ -684,9 +719,9 @@ async def run(args: argparse.Namespace) -> int:
     task = asyncio.current_task()
     assert task is not None
     stopping: list[bool] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, _on_signal, task, stopping)
+            loop.add_signal_handler(sig, _on_signal, demo, task, stopping)
     try:
         await demo.start()
         say("  waiting for the bridge to create the portals ...")
@@ -696,7 +731,7 @@ async def run(args: argparse.Namespace) -> int:
             live = await demo.live_change() if ok else None
             demo._mark("live_change")
             ok = ok and bool(live and live["ok"])
-            print(json.dumps(await demo.summary(ok, live), indent=2), flush=True)
+            emit(json.dumps(await demo.summary(ok, live), indent=2))
             if not ok:
                 say("error: the demo did not reach the expected state")
                 say(tail(demo.bridge_log))

@@ -153,6 +153,11 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
         ("bridge.username_template", "waldur_", "must contain {userid}"),
         ("bridge.membership.never_kick", "@x:y", "must be a list"),
         ("bridge.encryption.allow", True, "bridge.encryption.appservice: must be true"),
+        ("bridge.provisioning.homeserver_url", "matrix.local", "is not an http(s) URL"),
+        ("bridge.provisioning.trusted_proxies", ["10.0.0.1", "lb"], "'lb' is not an IP address"),
+        ("bridge.provisioning.cors_origins", ["https://w.org/app"], "is not an origin"),
+        ("bridge.provisioning.max_devices", -1, "must be 0 (no limit) or more"),
+        ("bridge.provisioning.device_max_idle_days", -2, "must be 0 (no limit) or more"),
     ],
 )
 def test_wrong_values_are_explained(tmp_path: Path, key: str, value: Any, expected: str) -> None:

@@ -11,7 +11,7 @@ from mautrix.bridge.commands import command_handler
 
 from .. import __version__, export, identity, messages as fmt
 from ..db import AuditEntry, HeldRemoval, PortalMember, User as DBUser, portal as states
-from ..diagnostics import format_report, run_diagnostics
+from ..diagnostics import format_report, run_diagnostics, spec_versions
 from ..portal import Portal
 from ..puppet import Puppet
 from ..sync.planner import Invite, Join, Kick, Plan, SetName, SetPowerLevels, SetTopic
@@ -56,6 +56,7 @@ def admin_help() -> fmt.Reply:
         "- `link <waldur user> <matrix id>`, `unlink <matrix id|waldur user>`",
         "- `whois <matrix id|waldur user>`: how a person maps between Waldur and Matrix",
         "- `held`, `approve <project|all>`, `reject <project|all>`: mass removals on hold",
+        "- `audit <project|person> [--since 7d|2026-11-01]`: who was added or removed, and why",
         "- `diagnose`: live checks of the homeserver, Waldur and the bridge",
         "- `version`, `help`",
         "",
@@ -239,13 +240,50 @@ async def create_all(evt: WaldurCommandEvent) -> None:
     await evt.reply(f"Creating {len(missing)} room(s) in the background; `rooms` shows progress.")
 
 
+async def preview_all(evt: WaldurCommandEvent) -> str:
+    """What a sweep would change in every room, from one bulk read of Waldur; nothing is done."""
+    service = evt.bridge.sync
+    snapshot = await service.directory.snapshot()
+    changes: list[str] = []
+    unchanged = 0
+    unlisted: list[str] = []
+    portals = [p for p in await Portal.all() if p.room_id and p.state != states.DISABLED]
+    for portal in sorted(portals, key=lambda p: p.name.casefold()):
+        if portal.project_uuid not in snapshot.projects:
+            # Absent from a listing is not proof of deletion: a real sync reads it directly.
+            unlisted.append(f"- {_md(portal.name)} `{portal.project_uuid}`")
+            continue
+        plan = await service.reconciler.preview(portal, snapshot.view(portal.project_uuid))
+        if plan.actions or plan.held or plan.dry_run:
+            changes.append(f"**{_md(portal.name)}**\n{describe_plan(plan)}")
+        else:
+            unchanged += 1
+    with_room = {p.project_uuid for p in await Portal.all() if p.room_id}
+    to_create = [
+        p
+        for p in snapshot.projects.values()
+        if service.wants_portal(p) and p.uuid not in with_room
+    ]
+    lines = [
+        f"**Dry run of a full sync**: {len(changes)} room(s) would change, {unchanged} are "
+        f"in step, {len(to_create)} room(s) would be created."
+    ]
+    lines += ["", *changes[:MAX_LISTED]] if changes else []
+    if len(changes) > MAX_LISTED:
+        lines.append(f"… and {len(changes) - MAX_LISTED} more rooms with changes")
+    if unlisted:
+        lines += ["", "Not in Waldur's project listing (a sync checks each directly):", *unlisted]
+    return "\n".join(lines)
+
+
 @admin_command(name="sync", help_section=SECTION_ROOMS, help_text="Reconcile now")
 async def sync(evt: WaldurCommandEvent) -> None:
     query, options = one_arg(evt, "sync <project|all> [--dry-run]")
     service = evt.bridge.sync
     if query == "all":
         if options.get("dry-run"):
-            raise CommandError("`sync all --dry-run` is not offered; dry-run one project.")
+            await evt.reply(await run(evt, preview_all(evt)))
+            return
         queued = await run(evt, service.sweep())
         await evt.reply(f"Sweep done: {queued} portal(s) queued for reconcile.")
         return
@@ -493,7 +531,7 @@ async def diagnose(evt: WaldurCommandEvent) -> None:
 async def version(evt: WaldurCommandEvent) -> None:
     try:
         versions = await evt.az.intent.versions()
-        server = ", ".join(str(v) for v in sorted(versions.versions)[-2:])
+        server = spec_versions(versions.versions)
     except Exception as e:
         server = f"unknown ({e})"
     await evt.reply(
@@ -503,3 +541,6 @@ async def version(evt: WaldurCommandEvent) -> None:
 
 
 # endregion
+
+# The audit command lives in its own module; importing it registers it.
+from . import audit as _audit  # noqa: E402, F401

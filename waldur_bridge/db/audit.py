@@ -57,6 +57,44 @@ class AuditEntry(Table):
         return [cls._from_row(row) for row in rows]
 
     @classmethod
+    async def search(
+        cls,
+        *,
+        project_uuid: str | None = None,
+        target: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[AuditEntry], int]:
+        """Newest first: up to ``limit`` entries about a project or a person, and how many match.
+
+        A person matches as the target of an action, also inside a power-level change
+        (``@a:b=50, @c:d=default``).
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        if project_uuid:
+            args.append(project_uuid)
+            where.append(f"project_uuid=${len(args)}")
+        if target:
+            args.append(target)
+            exact = f"${len(args)}"
+            escaped = target.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            args.append(f"%{escaped}=%")
+            where.append(f"(target={exact} OR target LIKE ${len(args)} ESCAPE '\\')")
+        if since_ms is not None:
+            args.append(since_ms)
+            where.append(f"ts>=${len(args)}")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        total = await cls.db.fetchval(f"SELECT COUNT(*) FROM audit_log{clause}", *args)
+        cols = "id, ts, project_uuid, room_id, action, target, cause, outcome, detail"
+        rows = await cls.db.fetch(
+            f"SELECT {cols} FROM audit_log{clause} ORDER BY id DESC LIMIT ${len(args) + 1}",
+            *args,
+            limit,
+        )
+        return [cls._from_row(row) for row in rows], int(total or 0)
+
+    @classmethod
     async def count(cls, action: str | None = None) -> int:
         if action:
             return await cls.db.fetchval("SELECT COUNT(*) FROM audit_log WHERE action=$1", action)

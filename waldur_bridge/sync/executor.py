@@ -12,6 +12,7 @@ from mautrix.errors import MatrixRequestError, MForbidden
 from mautrix.types import EventType, PowerLevelStateEventContent, RoomID, UserID
 
 from ..db import AuditEntry, PortalMember
+from ..metrics import MEMBERSHIP_ACTIONS
 from .planner import Invite, Join, Kick, Plan, SetName, SetPowerLevels, SetTopic
 
 if TYPE_CHECKING:
@@ -19,6 +20,19 @@ if TYPE_CHECKING:
     from ..puppet import Puppet
 
 log = logging.getLogger("waldur.sync.executor")
+
+_MEMBERSHIP_VERBS = {
+    "invite": "Invited",
+    "join": "Joined",
+    "kick": "Removed",
+    "power-levels": "Set power levels",
+}
+
+
+def _room_label(portal: Portal) -> str:
+    """How log lines name a room: the project's name and the room ID."""
+    name = portal.name or portal.project_uuid
+    return f'"{name}" ({portal.room_id})'
 
 
 @dataclass
@@ -39,6 +53,8 @@ class PlanExecutor:
     def __init__(self, limit: int) -> None:
         self.semaphore = asyncio.Semaphore(limit)
         self.writes = 0
+        # Removals held by the latest reconcile of each project (for the metrics).
+        self.held: dict[str, int] = {}
 
     async def execute(
         self,
@@ -63,12 +79,24 @@ class PlanExecutor:
                 except Exception as e:
                     outcome.failed += 1
                     outcome.errors.append(f"{action} {target or ''}: {e}")
-                    log.warning("%s %s in %s failed: %s", action, target, room_id, e)
+                    log.warning("%s %s in %s failed: %s", action, target, _room_label(portal), e)
+                    MEMBERSHIP_ACTIONS.labels(action=action, outcome="failed").inc()
                     await self._audit(portal, action, target, cause, "failed", str(e))
                     return False
                 finally:
                     self.writes += 1
             outcome.done += 1
+            MEMBERSHIP_ACTIONS.labels(action=action, outcome="done").inc()
+            if action in _MEMBERSHIP_VERBS:
+                # One line per change, for operators who want to know who came and went.
+                log.info(
+                    "%s %s %s %s: %s",
+                    _MEMBERSHIP_VERBS[action],
+                    target,
+                    "in" if action == "power-levels" else "to" if action != "kick" else "from",
+                    _room_label(portal),
+                    cause,
+                )
             await self._audit(portal, action, target, cause, "done")
             return True
 
@@ -152,6 +180,10 @@ class PlanExecutor:
             if isinstance(action, Kick):
                 await kick(action)
 
+        if plan.held:
+            self.held[portal.project_uuid] = len(plan.held)
+        else:
+            self.held.pop(portal.project_uuid, None)
         for held in plan.held:
             await self._audit(portal, "kick", held.user_id, held.cause, "held", held.reason)
         for dry in plan.dry_run:

@@ -9,10 +9,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from mautrix.util.opt_prometheus import Counter, Gauge, Histogram
-
 from ..db import HeldRemoval, PortalMember, portal as states
 from ..messages import order_notice as fmt_order_notice, role_notice, room_closed_notice
+from ..metrics import HINTS, RECONCILE_TIME, RECONCILES, SWEEPS, mark_good_sweep, register_live
 from ..portal import Portal
 from ..waldur import Event, WaldurError
 from .changes import (
@@ -36,11 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("waldur.sync")
 
-RECONCILES = Counter("waldur_reconciles_total", "Portal reconciles", ["outcome"])
-RECONCILE_TIME = Histogram("waldur_reconcile_seconds", "Time to reconcile one portal")
-SWEEPS = Counter("waldur_sweeps_total", "Full sweeps of Waldur", ["outcome"])
-QUEUE_SIZE = Gauge("waldur_sync_queue_size", "Projects waiting to be reconciled")
-HINTS = Counter("waldur_change_hints_total", "Change hints received", ["source"])
 
 # Reasons a project can be queued for; anything but SWEEP needs a fresh read of Waldur.
 SWEEP = "sweep"
@@ -101,6 +95,11 @@ class SyncService:
         self._reported_holds: dict[str, frozenset[str]] = {}
         # Last state told to each order's room, so a change reported twice is told once.
         self._order_states: dict[str, str] = {}
+        register_live(
+            lambda: self.queue.size,
+            lambda: bridge.waldur.stats,
+            lambda: sum(self.executor.held.values()),
+        )
 
     # region lifecycle
 
@@ -126,7 +125,6 @@ class SyncService:
 
     def request_project(self, project_uuid: str, reason: str) -> None:
         self.queue.request(canonical_uuid(project_uuid), reason)
-        QUEUE_SIZE.set(self.queue.size)
 
     async def handle_event(self, event: Event, source: str) -> None:
         """A web hook or a polled event: look again at what it names, nothing more."""
@@ -240,6 +238,7 @@ class SyncService:
             for project_uuid in queued:
                 self.request_project(project_uuid, SWEEP)
             SWEEPS.labels(outcome="ok").inc()
+            mark_good_sweep()
             self.last_sweep = {
                 "finished": time.time(),
                 "projects": len(snapshot.projects),
@@ -283,7 +282,6 @@ class SyncService:
             RECONCILES.labels(outcome="ok").inc()
         finally:
             RECONCILE_TIME.observe(time.monotonic() - started)
-            QUEUE_SIZE.set(self.queue.size)
 
     async def _reconcile(self, project_uuid: str, reasons: frozenset[str]) -> Result | None:
         portal = await Portal.get_by_project(project_uuid)
@@ -387,6 +385,7 @@ class SyncService:
             await member.save()
         await HeldRemoval.clear_project(project_uuid)
         self.reconciler.forget_held(project_uuid)
+        self.executor.held.pop(project_uuid, None)
         self._reported_holds.pop(project_uuid, None)
         return [h.mxid for h in held]
 

@@ -72,6 +72,15 @@ class _ApiRecord(Protocol):
 R = TypeVar("R", bound=_ApiRecord)
 
 
+def _tries(retries: int) -> str:
+    # waldur.retry.attempts counts retries after the first try; say so, not "attempts + 1".
+    return (
+        f"gave up after {retries} {'retry' if retries == 1 else 'retries'}"
+        if retries
+        else "not retried"
+    )
+
+
 @dataclass(slots=True)
 class ClientStats:
     """Counters for monitoring and benchmarks."""
@@ -453,7 +462,7 @@ class WaldurClient:
                 if not _repeatable_after(method, exc) or retries >= self._retry_attempts:
                     raise self._failure(
                         WaldurUnavailable(
-                            f"cannot reach Waldur: {problem} (after {retries + 1} attempts)",
+                            f"cannot reach Waldur: {problem} ({_tries(retries)})",
                             path=url.path,
                         )
                     ) from exc
@@ -469,8 +478,7 @@ class WaldurClient:
                 if retries >= self._retry_attempts:
                     raise self._failure(
                         WaldurUnavailable(
-                            f"Waldur kept failing ({_detail(reply.body)}) "
-                            f"after {retries + 1} attempts",
+                            f"Waldur kept failing ({_detail(reply.body)}; {_tries(retries)})",
                             path=url.path,
                             status=reply.status,
                         )

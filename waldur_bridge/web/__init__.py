@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .transactions import transaction_guard
 from .webhook import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
 
 def mount_web(bridge: WaldurBridge) -> None:
     config = bridge.config
+    bridge.az.app.middlewares.append(transaction_guard(config["appservice.hs_token"]))
     if config["waldur.webhook.enabled"]:
         bridge.webhook = WebhookReceiver(
             config["waldur.webhook.secret"],

@@ -11,6 +11,14 @@ Mounted on the appservice's HTTP server at ``bridge.provisioning.prefix``:
 ``GET <prefix>/v1/whoami``
     The same token check; answers ``{"waldur_user_uuid", "user_id", "mapping", "can_log_in"}``
     without creating anything.
+``POST <prefix>/v1/logout``
+    ``Authorization: Bearer <access token from a login>``: ends that session (its device), if
+    the token belongs to a puppet of this bridge.
+
+After each login the puppet's surplus and idle devices are pruned (``max_devices``,
+``device_max_idle_days``). The answer's ``homeserver`` is ``bridge.provisioning.homeserver_url``
+when set (a public URL), else ``homeserver.address``. Browsers may call the API from the origins
+in ``cors_origins``.
 
 Waldur's own Matrix app handed out deterministic passwords and stored tokens in plain text; here
 nothing secret is stored or logged: the Waldur token lives only for the request, and the issued
@@ -20,7 +28,8 @@ access token only in the answer (``Cache-Control: no-store``). Every error is JS
 Rate limits (in memory, sliding windows of an hour): ``rate_limit_per_hour`` logins per Waldur
 user, and as many failed authentications per client address (an IPv6 /64 counts as one address)
 before that address is refused outright, so tokens cannot be guessed at Waldur's expense. The
-address is the TCP peer: behind a reverse proxy every client shares the proxy's budget.
+address is the TCP peer, or behind one of ``trusted_proxies`` the address in ``X-Forwarded-For``
+(see ``proxy.py``); from anyone else that header is ignored.
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ from ..waldur import (
     WaldurUnavailable,
     normalize_uuid,
 )
+from .devices import DeviceHygiene
+from .proxy import client_address, cors_middleware, parse_networks
 
 if TYPE_CHECKING:
     from ..__main__ import WaldurBridge
@@ -284,6 +295,27 @@ def parse_device_name(body: bytes) -> str:
     return name.strip()
 
 
+MAS_HINT = (
+    "The homeserver delegates logins to Matrix Authentication Service, which refuses "
+    "appservice logins (M_APPSERVICE_LOGIN_UNSUPPORTED): use bridge.user_mapping.mode: template "
+    "so people use their own Matrix accounts, or turn the provisioning API off "
+    "(bridge.provisioning.enabled: false)"
+)
+
+
+def login_refusal(status: int, errcode: str | None) -> ProvisioningError:
+    """What a caller is told when the homeserver refuses ``m.login.application_service``."""
+    if errcode == "M_APPSERVICE_LOGIN_UNSUPPORTED":
+        return ProvisioningError(
+            501,
+            "WB_LOGIN_UNSUPPORTED",
+            "This homeserver uses Matrix Authentication Service, which does not allow the "
+            "bridge to log people in. Ask the operator to map Waldur users to their own Matrix "
+            "accounts (template mapping mode) and log in to your own account instead.",
+        )
+    return ProvisioningError(502, "WB_HOMESERVER_FAILED", "The homeserver refused the login.")
+
+
 _STATUS_ERRCODES = {
     400: "M_BAD_JSON",
     404: "M_UNRECOGNIZED",
@@ -343,13 +375,28 @@ class ProvisioningAPI:
             limit = 1
         self.logins = SlidingWindowLimiter(limit, WINDOW, clock=clock)
         self.failures = SlidingWindowLimiter(limit, WINDOW, clock=clock)
-        self.homeserver = str(config["homeserver.address"]).rstrip("/")
+        self.homeserver_address = str(config["homeserver.address"]).rstrip("/")
+        # What clients are told to use: the public URL, when the bridge reaches the homeserver
+        # by an internal address.
+        self.homeserver = str(
+            config["bridge.provisioning.homeserver_url"] or self.homeserver_address
+        ).rstrip("/")
+        self.trusted_proxies = parse_networks(config["bridge.provisioning.trusted_proxies"] or ())
+        self.devices = DeviceHygiene(
+            # The intent exists only once the appservice runs: looked up at each prune.
+            lambda mxid: bridge.az.intent.user(mxid),
+            max_devices=config["bridge.provisioning.max_devices"],
+            max_idle_days=config["bridge.provisioning.device_max_idle_days"],
+        )
         self.mode = config["bridge.user_mapping.mode"]
         self.mxid_template = config["bridge.user_mapping.template"]
         self.displayname_template = config["bridge.displayname_template"]
         self._session: aiohttp.ClientSession | None = None
-        self.app = web.Application(middlewares=[error_middleware])
+        origins = config["bridge.provisioning.cors_origins"] or ()
+        # CORS outermost, so error answers carry its headers too (a browser shows them).
+        self.app = web.Application(middlewares=[cors_middleware(origins), error_middleware])
         self.app.router.add_post("/v1/login", self.login)
+        self.app.router.add_post("/v1/logout", self.logout)
         self.app.router.add_get("/v1/whoami", self.whoami)
         self.app.on_cleanup.append(self._close)
 
@@ -366,8 +413,12 @@ class ProvisioningAPI:
 
     # region handlers
 
+    def _client(self, request: web.Request) -> str:
+        forwarded = request.headers.getall("X-Forwarded-For", [])
+        return client_key(client_address(request.remote, forwarded, self.trusted_proxies))
+
     async def login(self, request: web.Request) -> web.Response:
-        client = client_key(request.remote)
+        client = self._client(request)
         token = self._token(request, client)
         device_name = parse_device_name(await self._read_body(request))
         me = await self._waldur_user(token, client)
@@ -408,10 +459,74 @@ class ProvisioningAPI:
             client,
             session["device_id"],
         )
+        await self.devices.prune(puppet.mxid, keep=session["device_id"])
         return web.json_response({"homeserver": self.homeserver, **session})
 
+    async def logout(self, request: web.Request) -> web.Response:
+        """End one session that a login gave out: ``Authorization: Bearer <its access token>``."""
+        client = self._client(request)
+        wait = self.failures.retry_after(client)
+        if wait:
+            raise ProvisioningError(
+                429,
+                "M_LIMIT_EXCEEDED",
+                "Too many failed attempts from this address.",
+                retry_after=wait,
+            )
+        header = request.headers.get("Authorization", "")
+        scheme, _, access_token = header.partition(" ")
+        access_token = access_token.strip()
+        if scheme.lower() != "bearer" or not _TOKEN_RE.fullmatch(access_token):
+            self.failures.hit(client)
+            raise ProvisioningError(
+                401,
+                "M_MISSING_TOKEN",
+                "Send the Matrix access token to end as 'Authorization: Bearer <token>'.",
+            )
+        whoami = await self._as_session_holder("GET", "/account/whoami", access_token, client)
+        user_id, device_id = whoami.get("user_id"), whoami.get("device_id")
+        if not isinstance(user_id, str) or await DBPuppet.get_by_mxid(user_id) is None:
+            # Someone's own account: not ours to log out.
+            raise ProvisioningError(
+                403, "WB_NOT_PUPPETED", "That token is not of an account this bridge manages."
+            )
+        await self._as_session_holder("POST", "/logout", access_token, client)
+        log.info("Logged out device %s of %s (provisioning logout)", device_id, user_id)
+        return web.json_response({"user_id": user_id, "device_id": device_id, "logged_out": True})
+
+    async def _as_session_holder(
+        self, method: str, path: str, access_token: str, client: str
+    ) -> dict[str, Any]:
+        """A client-server call made with the caller's own access token (never logged)."""
+        url = f"{self.homeserver_address}/_matrix/client/v3{path}"
+        headers = {"Authorization": f"Bearer {access_token}"}
+        try:
+            async with self._http().request(
+                method, url, headers=headers, json={} if method == "POST" else None
+            ) as resp:
+                data = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.warning("Provisioning logout: the homeserver did not answer %s: %s", path, e)
+            raise ProvisioningError(
+                503, "WB_HOMESERVER_FAILED", "The homeserver cannot be reached; try again later."
+            ) from None
+        if status == 401:
+            self.failures.hit(client)
+            raise ProvisioningError(
+                401, "M_UNKNOWN_TOKEN", "The homeserver does not know that access token."
+            )
+        if status != 200 or not isinstance(data, dict):
+            log.warning(
+                "Provisioning logout: the homeserver answered %s with HTTP %s", path, status
+            )
+            raise ProvisioningError(
+                502, "WB_HOMESERVER_FAILED", "The homeserver refused the logout."
+            )
+        return data
+
     async def whoami(self, request: web.Request) -> web.Response:
-        client = client_key(request.remote)
+        client = self._client(request)
         token = self._token(request, client)
         me = await self._waldur_user(token, client)
         mapping, mxid = await self._mapping(me)
@@ -545,15 +660,15 @@ class ProvisioningAPI:
                 retry_count=0,
             )
         except MatrixRequestError as e:
+            refusal = login_refusal(e.http_status, e.errcode)
             log.warning(
-                "The homeserver refused the appservice login of %s: HTTP %s %s",
+                "The homeserver refused the appservice login of %s: HTTP %s %s%s",
                 mxid,
                 e.http_status,
                 e.errcode,
+                f". {MAS_HINT}" if refusal.errcode == "WB_LOGIN_UNSUPPORTED" else "",
             )
-            raise ProvisioningError(
-                502, "WB_HOMESERVER_FAILED", "The homeserver refused the login."
-            ) from None
+            raise refusal from None
         except MatrixConnectionError as e:
             log.warning("The homeserver is unreachable for the login of %s: %s", mxid, e)
             raise ProvisioningError(

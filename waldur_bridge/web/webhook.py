@@ -19,6 +19,21 @@ log = logging.getLogger("waldur.web.webhook")
 EventHandler = Callable[[Event, str], Awaitable[None]]
 
 
+async def read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes.
+
+    aiohttp enforces the limit of the application that made the request object, which for a
+    sub-application is the appservice's (1 MiB), and a chunked body has no Content-Length to
+    check first; so the body is read here, stopping as soon as it is too large.
+    """
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body.extend(chunk)
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 class WebhookReceiver:
     def __init__(self, secret: str, handle: EventHandler, *, max_body_size: int) -> None:
         self.secret = secret.encode()
@@ -38,9 +53,8 @@ class WebhookReceiver:
         if request.content_length is not None and request.content_length > self.max_body_size:
             self.rejected += 1
             return web.json_response({"error": "Body too large"}, status=413)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        body = await read_bounded(request, self.max_body_size)
+        if body is None:
             self.rejected += 1
             return web.json_response({"error": "Body too large"}, status=413)
         try:
