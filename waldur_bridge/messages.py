@@ -488,6 +488,22 @@ def role_notice(full_name: str, role_name: str, gained: bool) -> Reply:
     return _line(_cat(who, " no longer has the role ", title, "."))
 
 
+def role_change_notice(full_name: str, gained: list[str], lost: list[str]) -> Reply:
+    """One notice for a role change (Waldur revokes, then grants): "Alice is now Project
+    Member (was Project Admin).", never a "lost" and a "gained" notice."""
+    who = _value(full_name, fallback="Someone")
+    parts: list[_Frag | str] = [who, " is now "]
+    for i, role in enumerate(gained):
+        parts += [", " if i else "", _value(role_title(role))]
+    if lost:
+        parts.append(" (was ")
+        for i, role in enumerate(lost):
+            parts += [", " if i else "", _value(role_title(role))]
+        parts.append(")")
+    parts.append(".")
+    return _line(_cat(*parts))
+
+
 def order_notice(order: Order, old_state: str | None) -> Reply:
     """A room notice that an order changed state, e.g. "Order for vm1 (Create) is now done."."""
     key = _state_key(order.state)

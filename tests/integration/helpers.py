@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from waldur_bridge.sync.changes import WEBHOOK_GROUPS
+from waldur_bridge.sync.changes import WEBHOOK_EVENTS
 from waldur_devenv.synapse import AppserviceHomeserver
 from waldur_devenv.testing import BridgeRunner, write_config
 from waldur_simulator import WaldurSimulator
@@ -77,7 +77,7 @@ class BridgeEnv:
     async def register_webhook(self) -> str:
         config = self.bridge.config
         url = f"http://127.0.0.1:{self.hs.as_port}{config.webhook_path}"
-        self.sim.add_hook(url, event_groups=WEBHOOK_GROUPS)
+        self.sim.add_hook(url, event_types=sorted(WEBHOOK_EVENTS))
         return url
 
     async def sweep(self, timeout: float = 60) -> None:

@@ -9,17 +9,25 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import aiohttp
+from mautrix.errors import MatrixError
 from mautrix.util.opt_prometheus import Counter, Gauge, Histogram
 
 from ..db import HeldRemoval, PortalMember, portal as states
-from ..messages import order_notice as fmt_order_notice, role_notice, room_closed_notice
+from ..messages import (
+    Reply,
+    order_notice as fmt_order_notice,
+    role_change_notice,
+    role_notice,
+    room_closed_notice,
+)
 from ..portal import Portal
 from ..waldur import Event, WaldurError
 from .changes import (
     ORDER_EVENTS,
     USER_EVENTS,
     WATCHED_EVENTS,
-    WEBHOOK_GROUPS,
+    WEBHOOK_EVENTS,
     EventsPoller,
     Hint,
     hint_from_event,
@@ -53,6 +61,22 @@ class IncompleteRead(Exception):
     """Part of Waldur's answer was missing: additions were made, removals wait for a retry."""
 
 
+class HomeserverWritesFailed(RuntimeError):
+    """Some invites, kicks or power-level writes failed; the queue retries the room."""
+
+
+# Failures a reconcile expects now and then (Waldur or the homeserver down, an incomplete read):
+# logged as one warning line and retried with backoff, never a traceback.
+EXPECTED_FAILURES: tuple[type[Exception], ...] = (
+    WaldurError,
+    IncompleteRead,
+    HomeserverWritesFailed,
+    MatrixError,
+    aiohttp.ClientError,
+    TimeoutError,
+)
+
+
 def policy_from_config(config) -> MembershipPolicy:
     return MembershipPolicy(
         organization_roles=frozenset(config["bridge.membership.organization_roles"] or ()),
@@ -65,6 +89,21 @@ def policy_from_config(config) -> MembershipPolicy:
         reinvite_after_leave=bool(config["bridge.membership.reinvite_after_leave"]),
         remove_moderator_added=bool(config["bridge.membership.remove_moderator_added"]),
     )
+
+
+def role_notices(changes: list[tuple[str, str, bool]]) -> list[Reply]:
+    """Notices for one reconcile's role changes: someone who lost a role and gained another in
+    the same read changed role, and gets one notice."""
+    by_person: dict[str, tuple[list[str], list[str]]] = {}
+    for name, role, gained in changes:
+        by_person.setdefault(name, ([], []))[0 if gained else 1].append(role)
+    notices = []
+    for name, (gained, lost) in by_person.items():
+        if gained and lost:
+            notices.append(role_change_notice(name, gained, lost))
+        else:
+            notices += [role_notice(name, role, bool(gained)) for role in gained or lost]
+    return notices
 
 
 class SyncService:
@@ -81,7 +120,10 @@ class SyncService:
             self._reconcile_worker,
             concurrency=self.config["bridge.membership.concurrency"],
             base_delay=5.0,
+            settle=float(self.config["bridge.membership.settle_seconds"]),
+            max_wait=float(self.config["bridge.membership.settle_max_wait"]),
             name="reconcile",
+            expected=EXPECTED_FAILURES,
         )
         self.poller = EventsPoller(
             bridge.waldur,
@@ -123,8 +165,12 @@ class SyncService:
     # endregion
     # region feeds
 
-    def request_project(self, project_uuid: str, reason: str) -> None:
-        self.queue.request(canonical_uuid(project_uuid), reason)
+    def request_project(
+        self, project_uuid: str, reason: str, *, hint: bool = False, background: bool = False
+    ) -> None:
+        """Queue a reconcile. Hints (web hooks, events) settle first; sweeps run in the
+        background; anything else (admins) runs as soon as a slot is free."""
+        self.queue.request(canonical_uuid(project_uuid), reason, hint=hint, background=background)
         QUEUE_SIZE.set(self.queue.size)
 
     async def handle_event(self, event: Event, source: str) -> None:
@@ -160,7 +206,7 @@ class SyncService:
                 p.project_uuid for p in await Portal.all() if p.customer_uuid == customer_uuid
             }
         for project_uuid in projects:
-            self.request_project(project_uuid, reason)
+            self.request_project(project_uuid, reason, hint=source != "admin")
 
     async def handle_hint_for_user(self, user_uuid: str, reason: str) -> None:
         """Someone's mapping changed (link, unlink): look again at every room they belong in."""
@@ -182,11 +228,23 @@ class SyncService:
         while True:
             try:
                 hooks = await self.bridge.waldur.list_hooks()
-                if any(h.destination_url == url and h.is_active for h in hooks):
+                ours = [h for h in hooks if h.destination_url == url and h.is_active]
+                wanted = sorted(WEBHOOK_EVENTS)
+                if ours and set(ours[0].event_types) == WEBHOOK_EVENTS:
                     log.info("Waldur web hook already registered")
                     return
-                await self.bridge.waldur.create_hook(url, (), event_groups=WEBHOOK_GROUPS)
-                log.info("Registered the bridge's web hook in Waldur")
+                if ours:
+                    # An older registration (by event group) posts far more than the bridge
+                    # reads: narrow it to the types the bridge acts on.
+                    await self.bridge.waldur.update_hook(ours[0].uuid, wanted)
+                    log.info(
+                        "Narrowed the bridge's Waldur web hook from %d to %d event types",
+                        len(ours[0].event_types),
+                        len(wanted),
+                    )
+                    return
+                await self.bridge.waldur.create_hook(url, wanted)
+                log.info("Registered the bridge's web hook in Waldur (%d event types)", len(wanted))
                 return
             except WaldurError as e:
                 log.warning("Could not register the web hook in Waldur (%s); retrying", e)
@@ -232,7 +290,7 @@ class SyncService:
                 if self.wants_portal(project):
                     queued.add(project.uuid)
             for project_uuid in queued:
-                self.request_project(project_uuid, SWEEP)
+                self.request_project(project_uuid, SWEEP, background=True)
             SWEEPS.labels(outcome="ok").inc()
             self.last_sweep = {
                 "finished": time.time(),
@@ -263,7 +321,11 @@ class SyncService:
     async def _view(self, project_uuid: str, reasons: frozenset[str]) -> ProjectView:
         snapshot = self.directory.last_snapshot
         if reasons == {SWEEP} and snapshot is not None and project_uuid in snapshot.projects:
-            return snapshot.view(project_uuid)
+            view = snapshot.view(project_uuid)
+            if view.complete:
+                return view
+            # The listings disagree (a grant holder missing from the users listing): a fresh
+            # read of the project reads those users directly.
         return await self.directory.read_project(project_uuid)
 
     async def _reconcile_worker(self, project_uuid: str, reasons: frozenset[str]) -> None:
@@ -303,11 +365,25 @@ class SyncService:
         # Sweeps after the first plan from the state store the homeserver's pushes keep; the
         # first sweep after start and every change Waldur reports read the room fresh.
         cached = reasons == {SWEEP} and self._sweeps > 1
-        result = await self.reconciler.reconcile(portal, view, cached_state=cached)
+
+        async def refresh() -> ProjectView:
+            # A sweep's snapshot may be seconds old (a role change half done): kick only if a
+            # fresh read of the project still says so.
+            return await self.directory.read_project(project_uuid)
+
+        try:
+            result = await self.reconciler.reconcile(
+                portal, view, cached_state=cached, refresh=refresh if view.from_snapshot else None
+            )
+        except ProjectGone:
+            if portal.room_id and portal.state != states.DISABLED:
+                await self.disable(portal, "the project was deleted in Waldur")
+            return None
+        view = result.view or view
         await self._report_holds(portal, result)
         await self._role_notices(portal, result)
         if result.outcome.failed:
-            raise RuntimeError(
+            raise HomeserverWritesFailed(
                 f"{result.outcome.failed} homeserver write(s) failed: "
                 + "; ".join(result.outcome.errors[:3])
             )
@@ -423,9 +499,9 @@ class SyncService:
     async def _role_notices(self, portal: Portal, result: Result) -> None:
         if not self.config["bridge.commands.role_notices"]:
             return
-        for name, role, gained in result.role_changes:
+        for notice in role_notices(result.role_changes):
             try:
-                await portal.send_reply(role_notice(name, role, gained))
+                await portal.send_reply(notice)
             except Exception as e:
                 log.warning("Could not post a role notice in %s: %s", portal.room_id, e)
 
@@ -478,7 +554,7 @@ class SyncService:
             await member.save()
         else:
             # Kicked by a moderator: the next reconcile decides (it re-invites anyone entitled).
-            self.request_project(portal.project_uuid, "member-kicked")
+            self.request_project(portal.project_uuid, "member-kicked", hint=True)
 
     async def on_member_invited(self, portal: Portal, user_id: str, inviter: str) -> None:
         if inviter == portal.az.bot_mxid:

@@ -405,6 +405,16 @@ class WaldurClient:
         reply = await self._send("POST", url, json_body=body)
         return self._parse_one(path, self._decode(reply, url), WebHook)
 
+    async def update_hook(self, uuid: str, event_types: Sequence[str]) -> WebHook:
+        """Set a web hook's event types exactly (its event groups are cleared)."""
+        if not event_types:
+            raise ValueError("a web hook needs at least one event type")
+        path = f"/api/hooks-web/{normalize_uuid(uuid)}/"
+        url = self._url(path)
+        body = {"event_types": list(event_types), "event_groups": []}
+        reply = await self._send("PATCH", url, json_body=body)
+        return self._parse_one(path, self._decode(reply, url), WebHook)
+
     async def delete_hook(self, uuid: str) -> None:
         """Delete a web hook; raises ``WaldurNotFound`` if it does not exist."""
         await self._send("DELETE", self._url(f"/api/hooks-web/{normalize_uuid(uuid)}/"))
