@@ -472,11 +472,35 @@ def not_linked_reply() -> Reply:
     )
 
 
-def error_reply(command: str) -> Reply:
-    """Waldur could not be reached or answered with an error while running ``command``."""
+# What went wrong with Waldur, in the words a room member reads (see error_reply).
+_WALDUR_PROBLEMS = {
+    "unreachable": ("Sorry, I could not reach Waldur", ". Please try again later."),
+    "refused": (
+        "Sorry, Waldur refused the bridge's credentials",
+        ". An admin needs to check the bridge's Waldur token.",
+    ),
+    "rejected": (
+        "Sorry, Waldur rejected the bridge's request",
+        ". This is a bridge problem, not yours: an admin can find the details in its log.",
+    ),
+    "garbled": (
+        "Sorry, Waldur's answer was not in a form I can use",
+        ". An admin can find the details in the bridge's log.",
+    ),
+    "incomplete": (
+        "Sorry, part of Waldur's answer was missing",
+        ". Please try again in a minute.",
+    ),
+}
+
+
+def error_reply(command: str, problem: str = "unreachable") -> Reply:
+    """Waldur failed while running ``command``; ``problem`` says how (a key of
+    ``_WALDUR_PROBLEMS``): a 400 is not "could not reach Waldur"."""
     word = _clean(command, COMMAND_LIMIT).lstrip("!")
     what = _cat(" to answer ", _code(f"!{word}")) if word else _text("")
-    return _line(_cat("Sorry, I could not reach Waldur", what, ". Please try again later."))
+    opening, closing = _WALDUR_PROBLEMS.get(problem, _WALDUR_PROBLEMS["unreachable"])
+    return _line(_cat(opening, what, closing))
 
 
 def role_notice(full_name: str, role_name: str, gained: bool) -> Reply:

@@ -160,6 +160,9 @@ class WaldurApi:
         viewer = self.viewer(request)
         q = request.query
         users = list(self.state.users.values()) if self._privileged(request) else [viewer]
+        faults = getattr(self.state, "faults", None)
+        if faults is not None and faults.hidden_users:
+            users = [u for u in users if not faults.hides_user(u.uuid)]
         if "username" in q:
             users = [u for u in users if u.username == q["username"]]
         if self.state.generation == "current" and q.get("uuid"):

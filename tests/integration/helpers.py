@@ -26,6 +26,10 @@ FAST_FEEDS = {
     "waldur.retry.backoff_max": 0.1,
     "waldur.timeout": 5,
     "bridge.portals.create": "all",
+    # Shorter than the default 1.5 s so the suite stays quick; still longer than the gap
+    # between a revoke's and a grant's web hooks.
+    "bridge.membership.settle_seconds": 0.5,
+    "bridge.membership.settle_max_wait": 2.0,
 }
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "ProjectInfo",
     "TeamMember",
     "WaldurUser",
+    "aware",
     "canonical_uuid",
     "desired_team",
     "effective",
@@ -131,9 +132,12 @@ def canonical_uuid(value: str) -> str:
     return value.replace("-", "").strip().lower()
 
 
-def _aware(value: datetime) -> datetime:
-    # Waldur timestamps carry an offset; treat a naive one as UTC rather than fail on comparison.
+def aware(value: datetime) -> datetime:
+    """Waldur timestamps carry an offset; a naive one is taken as UTC rather than fail."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+_aware = aware
 
 
 def effective(grant: Grant, now: datetime) -> bool:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -35,9 +36,10 @@ from .changes import (
 from .directory import ProjectGone, ProjectView, WaldurDirectory
 from .executor import PlanExecutor
 from .planner import Plan
-from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
+from .policy import MembershipPolicy, ProjectInfo, aware as _aware, canonical_uuid
 from .queue import CoalescingQueue
 from .reconciler import Reconciler, Result
+from .sessions import SessionCloser
 
 if TYPE_CHECKING:
     from ..__main__ import WaldurBridge
@@ -50,11 +52,17 @@ SWEEPS = Counter("waldur_sweeps_total", "Full sweeps of Waldur", ["outcome"])
 QUEUE_SIZE = Gauge("waldur_sync_queue_size", "Projects waiting to be reconciled")
 HINTS = Counter("waldur_change_hints_total", "Change hints received", ["source"])
 
+# User events after which the person's puppet sessions may have to be logged out.
+SESSION_EVENTS = frozenset({"user_deactivated", "user_deletion_succeeded", "user_activated"})
+
 # Reasons a project can be queued for; anything but SWEEP needs a fresh read of Waldur.
 SWEEP = "sweep"
 CREATE = "create"
 REACTIVATE = "reactivate"
 CLOSE = "close"
+EXPIRY = "expiry"
+# After an expiration time, wait this long before reading: Waldur's clock may run a little behind.
+EXPIRY_MARGIN = 0.5
 
 
 class IncompleteRead(Exception):
@@ -112,6 +120,10 @@ class SyncService:
         self.config = bridge.config
         self.policy = policy_from_config(self.config)
         self.directory = WaldurDirectory(bridge.waldur)
+        self.sessions = SessionCloser(bridge.waldur)
+        self.directory.on_user_lost = self.sessions.user_lost
+        # Per project: a timer that reconciles when its earliest grant expires.
+        self._expiry_timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self.executor = PlanExecutor(self.config["bridge.membership.concurrency"])
         self.reconciler = Reconciler(self.config, self.policy, self.executor)
         # Rooms are reconciled in parallel (each room's membership changes one at a time), so
@@ -158,6 +170,10 @@ class SyncService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.stop()
+        await self.sessions.stop()
+        for _, timer in self._expiry_timers.values():
+            timer.cancel()
+        self._expiry_timers.clear()
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         await self.queue.wait_idle(timeout)
@@ -193,6 +209,8 @@ class SyncService:
         whole_person = hint.event_type in USER_EVENTS or source == "admin"
         for user_uuid in hint.user_uuids:
             self.directory.mark_user_dirty(user_uuid)
+            if hint.event_type in SESSION_EVENTS:
+                self.sessions.check(user_uuid)
             if not whole_person:
                 continue
             projects |= self.directory.projects_of_user.get(user_uuid, set())
@@ -244,7 +262,9 @@ class SyncService:
                     )
                     return
                 await self.bridge.waldur.create_hook(url, wanted)
-                log.info("Registered the bridge's web hook in Waldur (%d event types)", len(wanted))
+                log.info(
+                    "Registered the bridge's web hook in Waldur (%d event types)", len(wanted)
+                )
                 return
             except WaldurError as e:
                 log.warning("Could not register the web hook in Waldur (%s); retrying", e)
@@ -380,6 +400,7 @@ class SyncService:
                 await self.disable(portal, "the project was deleted in Waldur")
             return None
         view = result.view or view
+        self._schedule_expiry(view)
         await self._report_holds(portal, result)
         await self._role_notices(portal, result)
         if result.outcome.failed:
@@ -390,6 +411,39 @@ class SyncService:
         if not view.complete:
             raise IncompleteRead("; ".join(view.problems))
         return result
+
+    def _schedule_expiry(self, view: ProjectView) -> None:
+        """Reconcile again when the project's earliest grant in force expires: Waldur emits no
+        event then, and the next sweep may be many minutes away."""
+        now = datetime.now(UTC)
+        upcoming = [
+            _aware(g.expiration_time)
+            for g in view.grants
+            if g.expiration_time is not None
+            and g.is_active is not False
+            and _aware(g.expiration_time) > now
+        ]
+        project_uuid = view.project.uuid
+        existing = self._expiry_timers.get(project_uuid)
+        if not upcoming:
+            if existing is not None:
+                existing[1].cancel()
+                del self._expiry_timers[project_uuid]
+            return
+        at = min(upcoming).timestamp()
+        if existing is not None:
+            if existing[0] == at:
+                return
+            existing[1].cancel()
+        delay = max(0.0, at - now.timestamp()) + EXPIRY_MARGIN
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(delay, self._expired, project_uuid)
+        self._expiry_timers[project_uuid] = (at, timer)
+
+    def _expired(self, project_uuid: str) -> None:
+        self._expiry_timers.pop(project_uuid, None)
+        log.info("A role grant of project %s expired; reconciling it", project_uuid)
+        self.request_project(project_uuid, EXPIRY)
 
     async def _create_portal(self, view: ProjectView) -> Portal:
         project = view.project
