@@ -152,6 +152,9 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
         ("bridge.username_template", "waldur_", "must contain {userid}"),
         ("bridge.membership.never_kick", "@x:y", "must be a list"),
         ("bridge.encryption.allow", True, "bridge.encryption.appservice: must be true"),
+        ("bridge.membership.settle_seconds", -1, "settle_seconds: must be 0 or more"),
+        ("bridge.membership.settle_max_wait", 0.5, "settle_max_wait: must be at least"),
+        ("bridge.membership.settle_seconds", "soon", "settle_seconds: must be"),
     ],
 )
 def test_wrong_values_are_explained(tmp_path: Path, key: str, value: Any, expected: str) -> None:
