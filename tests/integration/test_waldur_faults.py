@@ -270,3 +270,46 @@ async def test_web_hook_is_narrowed_and_other_types_dropped_at_the_door(
             assert resp.status == 202
     assert bridge.webhook.ignored == 1
     assert bridge.webhook.received == received
+
+
+async def test_held_removals_audited_once_and_outages_are_one_warning_line(
+    bridge_env: BridgeEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = bridge_env.sim
+    org = sim.add_customer("Big Org")
+    project = sim.add_project(org, "Crowd")
+    users = [sim.add_user(f"member{i}", f"Member {i}") for i in range(6)]
+    for user in users:
+        sim.grant(user, project, "PROJECT.MEMBER")
+    await bridge_env.start()
+    await bridge_env.sweep()
+    room = await bridge_env.portal_room(project)
+    for user in users[:4]:
+        sim.revoke(user, project, "PROJECT.MEMBER")
+    for _ in range(3):
+        await bridge_env.sweep()
+    assert len(await bridge_env.in_room(room)) == 7  # held, nobody removed
+    held = [e for e in await AuditEntry.recent(project, limit=500) if e.outcome == "held"]
+    assert len(held) == 4  # once each, not once per sweep
+
+    # Waldur fails while a hint arrives: one warning line per failed run, no traceback.
+    caplog.clear()
+    sim.faults.fail("/api/projects/", status=503)
+    bridge_env.bridge.sync.request_project(project, "test")
+
+    def warned() -> bool:
+        return any(r.name == "waldur.sync.queue" for r in caplog.records)
+
+    await wait_for(_async(warned), 15, "the failed run to be logged")
+    sim.faults.clear()
+    queue_records = [r for r in caplog.records if r.name == "waldur.sync.queue"]
+    assert all(r.levelname == "WARNING" and r.exc_info is None for r in queue_records)
+    assert all(r.exc_info is None for r in caplog.records if r.name.startswith("waldur"))
+    assert "503" in queue_records[0].getMessage() or "Waldur" in queue_records[0].getMessage()
+
+
+def _async(check: Any) -> Any:
+    async def run() -> Any:
+        return check()
+
+    return run
