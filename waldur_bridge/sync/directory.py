@@ -168,6 +168,7 @@ class WaldurDirectory:
                 self.projects_of_user[grant.user_uuid].add(grant.scope_uuid)
             elif grant.scope_type == "customer":
                 self.customers_of_user[grant.user_uuid].add(grant.scope_uuid)
+        self._warn_missing_holders(grants, snapshot)
         self.users = dict(snapshot.users)
         self.emails = dict(snapshot.emails)
         self.projects = dict(snapshot.projects)
@@ -230,6 +231,19 @@ class WaldurDirectory:
             problems=problems,
             gone=frozenset(self.gone_users),
         )
+
+    @staticmethod
+    def _warn_missing_holders(grants: list[RoleGrant], snapshot: Snapshot) -> None:
+        missing = unknown_holders(
+            map(to_grant, grants), snapshot.users, snapshot.gone, datetime.now(UTC)
+        )
+        if missing:
+            log.warning(
+                "Waldur's users listing lacks %d holder(s) of role grants: their rooms are read "
+                "one by one and nobody is removed until a direct read confirms them. Check that "
+                "the bridge's Waldur account is staff (or support); others see fewer users",
+                len(missing),
+            )
 
     def _lost(self, user_uuid: str) -> None:
         if self.on_user_lost is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import aiohttp
 from mautrix.api import Method, Path
@@ -28,6 +30,8 @@ class SessionCloser:
         # Users whose sessions were closed (or found closed) since the process started.
         self._closed: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # The first sweep may name many inactive users at once: a few homeserver calls at a time.
+        self._slots = asyncio.Semaphore(4)
 
     def user_lost(self, user_uuid: str) -> None:
         """Waldur confirmed the user inactive or deleted: close their puppet's sessions."""
@@ -50,7 +54,7 @@ class SessionCloser:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro, name="waldur-sessions")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -71,6 +75,10 @@ class SessionCloser:
             self.user_lost(user_uuid)
 
     async def _close(self, user_uuid: str) -> None:
+        async with self._slots:
+            await self._close_now(user_uuid)
+
+    async def _close_now(self, user_uuid: str) -> None:
         puppet = Puppet.by_waldur_user.get(user_uuid) or await Puppet.get_by_waldur_user(user_uuid)
         if puppet is None or not puppet.is_registered:
             return  # no puppet, no sessions
