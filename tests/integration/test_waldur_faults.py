@@ -313,3 +313,28 @@ def _async(check: Any) -> Any:
         return check()
 
     return run
+
+
+@both_generations
+async def test_deleting_a_project_without_project_grants_closes_its_room(
+    bridge_env: BridgeEnv,
+) -> None:
+    """Seen live on 7.0: such a deletion emits only project_update_succeeded and
+    project_deletion_succeeded, and the organization's owners get no event."""
+    sim = bridge_env.sim
+    org = sim.add_customer("Owners Only")
+    project = sim.add_project(org, "Lonely")
+    owner = sim.add_user("olga", "Olga Owner")
+    sim.grant(owner, org, "CUSTOMER.OWNER")
+    await bridge_env.start()
+    await bridge_env.sweep()
+    await bridge_env.register_webhook()
+    room = await bridge_env.portal_room(project)
+    await wait_for(lambda: _joined(bridge_env, room, bridge_env.puppet("olga")), 20, "olga in")
+    first = len(sim.events)
+    sim.delete_project(project)
+    assert [e.event_type for e in sim.events[first:]] == [
+        "project_update_succeeded",
+        "project_deletion_succeeded",
+    ]
+    await wait_for(lambda: _gone(bridge_env, room, bridge_env.puppet("olga")), 15, "olga out")

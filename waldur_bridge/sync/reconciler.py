@@ -4,6 +4,7 @@ a pure plan, its execution and its record."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from mautrix.types import EventType, Membership, PowerLevelStateEventContent, Ro
 from .. import identity
 from ..db import HeldRemoval, PortalMember, User as DBUser
 from ..puppet import Puppet
+from ..waldur import WaldurError
 from .directory import ProjectView
 from .executor import Outcome, PlanExecutor
 from .planner import (
@@ -317,7 +319,16 @@ class Reconciler:
         if refresh is not None and (
             result.held or result.dry_run or any(isinstance(a, Kick) for a in result.actions)
         ):
-            view = replaced = await refresh()
+            try:
+                view = await refresh()
+            except WaldurError as e:
+                # No fresh "no", no removal: additions from the snapshot go ahead, the caller
+                # sees an incomplete view and retries.
+                problem = f"fresh read before removals failed: {e}"
+                view = dataclasses.replace(
+                    view, complete=False, problems=[*view.problems, problem]
+                )
+            replaced = view
             desired, puppets, displaynames, signatures, user_uuids = await self.desired(
                 view, active, inactive_reason
             )
