@@ -37,7 +37,9 @@ __all__ = [
     "order_state_label",
     "order_type_label",
     "orders_reply",
+    "role_change_notice",
     "role_notice",
+    "role_notices",
     "role_title",
     "status_reply",
 ]
@@ -526,6 +528,21 @@ def role_change_notice(full_name: str, gained: list[str], lost: list[str]) -> Re
         parts.append(")")
     parts.append(".")
     return _line(_cat(*parts))
+
+
+def role_notices(changes: Iterable[tuple[str, str, bool]]) -> list[Reply]:
+    """The notices for one reconcile's role changes, (name, role, gained) each. Someone who
+    lost a role and gained another in the same read changed role: one notice, not two."""
+    by_person: dict[str, tuple[list[str], list[str]]] = {}
+    for name, role, gained in changes:
+        by_person.setdefault(name, ([], []))[0 if gained else 1].append(role)
+    notices = []
+    for name, (gained, lost) in by_person.items():
+        if gained and lost:
+            notices.append(role_change_notice(name, gained, lost))
+        else:
+            notices += [role_notice(name, role, bool(gained)) for role in gained or lost]
+    return notices
 
 
 def order_notice(order: Order, old_state: str | None) -> Reply:

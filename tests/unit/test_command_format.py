@@ -440,8 +440,7 @@ def test_values_are_kept_on_one_line_and_shortened() -> None:
 
 
 def test_role_change_is_one_notice() -> None:
-    from waldur_bridge.messages import role_change_notice
-    from waldur_bridge.sync.service import role_notices
+    from waldur_bridge.messages import role_change_notice, role_notices
 
     notice = role_change_notice("Alice Smith", ["PROJECT.MEMBER"], ["PROJECT.ADMIN"])
     assert notice.markdown == "Alice Smith is now Project Member (was Project Admin)."

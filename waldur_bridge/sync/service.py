@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -15,13 +14,7 @@ from mautrix.errors import MatrixError
 from mautrix.util.opt_prometheus import Counter, Gauge, Histogram
 
 from ..db import HeldRemoval, PortalMember, portal as states
-from ..messages import (
-    Reply,
-    order_notice as fmt_order_notice,
-    role_change_notice,
-    role_notice,
-    room_closed_notice,
-)
+from ..messages import order_notice as fmt_order_notice, role_notices, room_closed_notice
 from ..portal import Portal
 from ..waldur import Event, WaldurError
 from .changes import (
@@ -35,8 +28,9 @@ from .changes import (
 )
 from .directory import ProjectGone, ProjectView, WaldurDirectory
 from .executor import PlanExecutor
+from .expiry import ExpiryTimers
 from .planner import Plan
-from .policy import MembershipPolicy, ProjectInfo, aware as _aware, canonical_uuid
+from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
 from .queue import CoalescingQueue
 from .reconciler import Reconciler, Result
 from .sessions import SessionCloser
@@ -61,8 +55,6 @@ CREATE = "create"
 REACTIVATE = "reactivate"
 CLOSE = "close"
 EXPIRY = "expiry"
-# After an expiration time, wait this long before reading: Waldur's clock may run a little behind.
-EXPIRY_MARGIN = 0.5
 
 
 class IncompleteRead(Exception):
@@ -99,21 +91,6 @@ def policy_from_config(config) -> MembershipPolicy:
     )
 
 
-def role_notices(changes: list[tuple[str, str, bool]]) -> list[Reply]:
-    """Notices for one reconcile's role changes: someone who lost a role and gained another in
-    the same read changed role, and gets one notice."""
-    by_person: dict[str, tuple[list[str], list[str]]] = {}
-    for name, role, gained in changes:
-        by_person.setdefault(name, ([], []))[0 if gained else 1].append(role)
-    notices = []
-    for name, (gained, lost) in by_person.items():
-        if gained and lost:
-            notices.append(role_change_notice(name, gained, lost))
-        else:
-            notices += [role_notice(name, role, bool(gained)) for role in gained or lost]
-    return notices
-
-
 class SyncService:
     def __init__(self, bridge: WaldurBridge) -> None:
         self.bridge = bridge
@@ -122,8 +99,7 @@ class SyncService:
         self.directory = WaldurDirectory(bridge.waldur)
         self.sessions = SessionCloser(bridge.waldur)
         self.directory.on_user_lost = self.sessions.user_lost
-        # Per project: a timer that reconciles when its earliest grant expires.
-        self._expiry_timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        self.expiry = ExpiryTimers(lambda project: self.request_project(project, EXPIRY))
         self.executor = PlanExecutor(self.config["bridge.membership.concurrency"])
         self.reconciler = Reconciler(self.config, self.policy, self.executor)
         # Rooms are reconciled in parallel (each room's membership changes one at a time), so
@@ -171,9 +147,7 @@ class SyncService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.stop()
         await self.sessions.stop()
-        for _, timer in self._expiry_timers.values():
-            timer.cancel()
-        self._expiry_timers.clear()
+        self.expiry.cancel_all()
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         await self.queue.wait_idle(timeout)
@@ -400,7 +374,7 @@ class SyncService:
                 await self.disable(portal, "the project was deleted in Waldur")
             return None
         view = result.view or view
-        self._schedule_expiry(view)
+        self.expiry.schedule(project_uuid, view.grants)
         await self._report_holds(portal, result)
         await self._role_notices(portal, result)
         if result.outcome.failed:
@@ -411,39 +385,6 @@ class SyncService:
         if not view.complete:
             raise IncompleteRead("; ".join(view.problems))
         return result
-
-    def _schedule_expiry(self, view: ProjectView) -> None:
-        """Reconcile again when the project's earliest grant in force expires: Waldur emits no
-        event then, and the next sweep may be many minutes away."""
-        now = datetime.now(UTC)
-        upcoming = [
-            _aware(g.expiration_time)
-            for g in view.grants
-            if g.expiration_time is not None
-            and g.is_active is not False
-            and _aware(g.expiration_time) > now
-        ]
-        project_uuid = view.project.uuid
-        existing = self._expiry_timers.get(project_uuid)
-        if not upcoming:
-            if existing is not None:
-                existing[1].cancel()
-                del self._expiry_timers[project_uuid]
-            return
-        at = min(upcoming).timestamp()
-        if existing is not None:
-            if existing[0] == at:
-                return
-            existing[1].cancel()
-        delay = max(0.0, at - now.timestamp()) + EXPIRY_MARGIN
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(delay, self._expired, project_uuid)
-        self._expiry_timers[project_uuid] = (at, timer)
-
-    def _expired(self, project_uuid: str) -> None:
-        self._expiry_timers.pop(project_uuid, None)
-        log.info("A role grant of project %s expired; reconciling it", project_uuid)
-        self.request_project(project_uuid, EXPIRY)
 
     async def _create_portal(self, view: ProjectView) -> Portal:
         project = view.project
