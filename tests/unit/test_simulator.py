@@ -640,3 +640,19 @@ async def test_user_deactivated_reaches_hooks_only_in_the_current_generation(
     # The events API has it in both generations.
     events = await staff(sim, http).get("/api/events/?event_type=user_deactivated")
     assert [e["event_type"] for e in events] == ["user_deactivated"]
+
+
+async def test_events_70_rejects_unknown_event_types(
+    sim: WaldurSimulator, http: aiohttp.ClientSession
+) -> None:
+    api = staff(sim, http)
+    status, body, _ = await api.call("GET", "/api/events/?event_type=no_such_event")
+    if sim.generation == "7.0":
+        assert status == 400 and "event_type" in body
+    else:
+        assert (status, body) == (200, [])
+    # The types the bridge polls for exist in every generation.
+    from waldur_bridge.sync.changes import POLLED_EVENTS
+
+    query = "&".join(f"event_type={t}" for t in POLLED_EVENTS)
+    assert (await api.call("GET", f"/api/events/?{query}"))[0] == 200
