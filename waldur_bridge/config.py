@@ -346,6 +346,21 @@ class Config(BaseBridgeConfig):
             value = self.get(key, 1)
             if isinstance(value, (int, float)) and value <= 0:
                 problems.append(f"{key}: must be a positive number of seconds, got {value!r}.")
+        settle = self.get("bridge.membership.settle_seconds", 1.5)
+        settle_max = self.get("bridge.membership.settle_max_wait", 5.0)
+        if isinstance(settle, (int, float)) and settle < 0:
+            problems.append(
+                f"bridge.membership.settle_seconds: must be 0 or more seconds, got {settle!r}."
+            )
+        elif (
+            isinstance(settle, (int, float))
+            and isinstance(settle_max, (int, float))
+            and settle_max < settle
+        ):
+            problems.append(
+                "bridge.membership.settle_max_wait: must be at least settle_seconds "
+                f"({settle!r}), got {settle_max!r}."
+            )
         if self.get("bridge.membership.concurrency", 1) < 1:
             problems.append("bridge.membership.concurrency: must be at least 1.")
         levels = self.get("bridge.membership.power_levels", {}) or {}

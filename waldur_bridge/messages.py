@@ -39,7 +39,9 @@ __all__ = [
     "order_state_label",
     "order_type_label",
     "orders_reply",
+    "role_change_notice",
     "role_notice",
+    "role_notices",
     "role_title",
     "status_reply",
 ]
@@ -487,11 +489,35 @@ def not_linked_reply() -> Reply:
     )
 
 
-def error_reply(command: str) -> Reply:
-    """Waldur could not be reached or answered with an error while running ``command``."""
+# What went wrong with Waldur, in the words a room member reads (see error_reply).
+_WALDUR_PROBLEMS = {
+    "unreachable": ("Sorry, I could not reach Waldur", ". Please try again later."),
+    "refused": (
+        "Sorry, Waldur refused the bridge's credentials",
+        ". An admin needs to check the bridge's Waldur token.",
+    ),
+    "rejected": (
+        "Sorry, Waldur rejected the bridge's request",
+        ". This is a bridge problem, not yours: an admin can find the details in its log.",
+    ),
+    "garbled": (
+        "Sorry, Waldur's answer was not in a form I can use",
+        ". An admin can find the details in the bridge's log.",
+    ),
+    "incomplete": (
+        "Sorry, part of Waldur's answer was missing",
+        ". Please try again in a minute.",
+    ),
+}
+
+
+def error_reply(command: str, problem: str = "unreachable") -> Reply:
+    """Waldur failed while running ``command``; ``problem`` says how (a key of
+    ``_WALDUR_PROBLEMS``): a 400 is not "could not reach Waldur"."""
     word = _clean(command, COMMAND_LIMIT).lstrip("!")
     what = _cat(" to answer ", _code(f"!{word}")) if word else _text("")
-    return _line(_cat("Sorry, I could not reach Waldur", what, ". Please try again later."))
+    opening, closing = _WALDUR_PROBLEMS.get(problem, _WALDUR_PROBLEMS["unreachable"])
+    return _line(_cat(opening, what, closing))
 
 
 def role_notice(full_name: str, role_name: str, gained: bool) -> Reply:
@@ -501,6 +527,37 @@ def role_notice(full_name: str, role_name: str, gained: bool) -> Reply:
     if gained:
         return _line(_cat(who, " now has the role ", title, "."))
     return _line(_cat(who, " no longer has the role ", title, "."))
+
+
+def role_change_notice(full_name: str, gained: list[str], lost: list[str]) -> Reply:
+    """One notice for a role change (Waldur revokes, then grants): "Alice is now Project
+    Member (was Project Admin).", never a "lost" and a "gained" notice."""
+    who = _value(full_name, fallback="Someone")
+    parts: list[_Frag | str] = [who, " is now "]
+    for i, role in enumerate(gained):
+        parts += [", " if i else "", _value(role_title(role))]
+    if lost:
+        parts.append(" (was ")
+        for i, role in enumerate(lost):
+            parts += [", " if i else "", _value(role_title(role))]
+        parts.append(")")
+    parts.append(".")
+    return _line(_cat(*parts))
+
+
+def role_notices(changes: Iterable[tuple[str, str, bool]]) -> list[Reply]:
+    """The notices for one reconcile's role changes, (name, role, gained) each. Someone who
+    lost a role and gained another in the same read changed role: one notice, not two."""
+    by_person: dict[str, tuple[list[str], list[str]]] = {}
+    for name, role, gained in changes:
+        by_person.setdefault(name, ([], []))[0 if gained else 1].append(role)
+    notices = []
+    for name, (gained, lost) in by_person.items():
+        if gained and lost:
+            notices.append(role_change_notice(name, gained, lost))
+        else:
+            notices += [role_notice(name, role, bool(gained)) for role in gained or lost]
+    return notices
 
 
 def order_notice(order: Order, old_state: str | None) -> Reply:

@@ -32,7 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bulk-projects", type=int, default=1000)
     parser.add_argument("--bulk-grants", type=int, default=10_000)
     parser.add_argument("--random-seed", type=int, default=None, help="deterministic uuids")
-    parser.add_argument("--hook-delay", type=float, default=0.05, help="seconds before delivery")
+    parser.add_argument(
+        "--hook-delay",
+        type=float,
+        default=None,
+        help="seconds before delivery (7.0: 0.02, current: 0.05)",
+    )
     parser.add_argument("--json", action="store_true", help="print the connection info as JSON")
     return parser.parse_args(argv)
 

@@ -13,6 +13,9 @@ _HTML_500 = "<h1>Server Error (500)</h1>"  # Django's default handler500 page
 _NGINX = "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"  # noqa: E501
 
 
+ALL_USERS = "*"
+
+
 @dataclass(eq=False)
 class FaultRule:
     kind: str  # "status", "delay", "drop"
@@ -51,6 +54,19 @@ class Faults:
 
     latency: float = 0.0  # seconds added to every request
     rules: list[FaultRule] = field(default_factory=list)
+    # Users left out of /api/users/ while their grants and direct reads stay intact (what a
+    # service account that lost staff sees); ALL_USERS hides everyone.
+    hidden_users: set[str] = field(default_factory=set)
+
+    def hide_users(self, *uuids: str) -> None:
+        """Leave these users (none given: every user) out of the users listing."""
+        self.hidden_users |= set(uuids) if uuids else {ALL_USERS}
+
+    def unhide_users(self) -> None:
+        self.hidden_users.clear()
+
+    def hides_user(self, uuid: str) -> bool:
+        return ALL_USERS in self.hidden_users or uuid in self.hidden_users
 
     def fail(
         self,
@@ -108,6 +124,7 @@ class Faults:
 
     def clear(self) -> None:
         self.rules.clear()
+        self.hidden_users.clear()
         self.latency = 0.0
 
     def _add(self, rule: FaultRule) -> FaultRule:

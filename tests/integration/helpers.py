@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from waldur_bridge.sync.changes import WEBHOOK_GROUPS
+from waldur_bridge.sync.changes import WEBHOOK_EVENTS
 from waldur_devenv.synapse import AppserviceHomeserver
 from waldur_devenv.testing import BridgeRunner, write_config
 from waldur_simulator import WaldurSimulator
@@ -26,6 +26,10 @@ FAST_FEEDS = {
     "waldur.retry.backoff_max": 0.1,
     "waldur.timeout": 5,
     "bridge.portals.create": "all",
+    # Shorter than the default 1.5 s so the suite stays quick; still longer than the gap
+    # between a revoke's and a grant's web hooks.
+    "bridge.membership.settle_seconds": 0.5,
+    "bridge.membership.settle_max_wait": 2.0,
 }
 
 
@@ -77,7 +81,7 @@ class BridgeEnv:
     async def register_webhook(self) -> str:
         config = self.bridge.config
         url = f"http://127.0.0.1:{self.hs.as_port}{config.webhook_path}"
-        self.sim.add_hook(url, event_groups=WEBHOOK_GROUPS)
+        self.sim.add_hook(url, event_types=sorted(WEBHOOK_EVENTS))
         return url
 
     async def sweep(self, timeout: float = 60) -> None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from waldur_bridge.db import AuditEntry, HeldRemoval
+from waldur_bridge.db import AuditEntry, HeldRemoval, PortalMember
 from waldur_simulator import WaldurSimulator
 
 from .helpers import BridgeEnv, wait_for
@@ -276,6 +276,13 @@ async def test_voluntary_leave_is_respected_until_the_role_changes(bridge_env: B
     # Bob leaves on his own (through his puppet, as a person logged into it would).
     await bridge_env.bridge.az.intent.user(bob).leave_room(room)
     await wait_for(lambda: _gone(bridge_env, room, bob), 10, "bob to leave")
+
+    async def leave_recorded() -> bool:
+        # The homeserver shows the leave before its transaction reaches the bridge.
+        member = await PortalMember.get(ids["project"], bob)
+        return member is not None and member.left_voluntarily
+
+    await wait_for(leave_recorded, 10, "the bridge to record bob's leave")
     await bridge_env.settle()
     await bridge_env.sweep()
     assert (await bridge_env.members(room)).get(bob) == "leave"

@@ -437,3 +437,31 @@ def test_values_are_kept_on_one_line_and_shortened() -> None:
     assert "\u202e" not in reply.markdown and "\u202e" not in reply.html
     assert "…" in reply.markdown
     assert len(reply.markdown) < 130
+
+
+def test_role_change_is_one_notice() -> None:
+    from waldur_bridge.messages import role_change_notice, role_notices
+
+    notice = role_change_notice("Alice Smith", ["PROJECT.MEMBER"], ["PROJECT.ADMIN"])
+    assert notice.markdown == "Alice Smith is now Project Member (was Project Admin)."
+    changes = [
+        ("Alice Smith", "PROJECT.MEMBER", True),
+        ("Alice Smith", "PROJECT.ADMIN", False),
+        ("Bob Baker", "PROJECT.MEMBER", True),
+        ("Carol Chen", "PROJECT.ADMIN", False),
+    ]
+    assert [n.markdown for n in role_notices(changes)] == [
+        "Alice Smith is now Project Member (was Project Admin).",
+        role_notice("Bob Baker", "PROJECT.MEMBER", True).markdown,
+        role_notice("Carol Chen", "PROJECT.ADMIN", False).markdown,
+    ]
+    hostile = role_change_notice("<b>x</b>", ["PROJECT.MEMBER"], [])
+    assert "<b>" not in hostile.html
+
+
+def test_error_reply_says_what_went_wrong() -> None:
+    assert "could not reach Waldur" in error_reply("status").markdown
+    rejected = error_reply("status", "rejected").markdown
+    assert "rejected the bridge's request" in rejected and "reach" not in rejected
+    assert "credentials" in error_reply("orders", "refused").markdown
+    assert "missing" in error_reply("orders", "incomplete").markdown

@@ -158,6 +158,9 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
         ("bridge.provisioning.cors_origins", ["https://w.org/app"], "is not an origin"),
         ("bridge.provisioning.max_devices", -1, "must be 0 (no limit) or more"),
         ("bridge.provisioning.device_max_idle_days", -2, "must be 0 (no limit) or more"),
+        ("bridge.membership.settle_seconds", -1, "settle_seconds: must be 0 or more"),
+        ("bridge.membership.settle_max_wait", 0.5, "settle_max_wait: must be at least"),
+        ("bridge.membership.settle_seconds", "soon", "settle_seconds: must be"),
     ],
 )
 def test_wrong_values_are_explained(tmp_path: Path, key: str, value: Any, expected: str) -> None:

@@ -206,3 +206,20 @@ def test_policy_validation() -> None:
     assert policy.never_kick == ("@a:*",) and isinstance(policy.organization_roles, frozenset)
     with pytest.raises(TypeError):
         policy.power_levels["PROJECT.MEMBER"] = 100  # type: ignore[index]
+
+
+def test_grant_holders_missing_from_the_users_listing_are_unknown_not_revoked() -> None:
+    from waldur_bridge.sync.policy import Grant, WaldurUser, unknown_holders
+
+    alice = WaldurUser("a" * 32, "alice", "Alice", True)
+    grants = [
+        Grant("a" * 32, "PROJECT.ADMIN", "project", "p" * 32),
+        Grant("b" * 32, "PROJECT.MEMBER", "project", "p" * 32),  # not in the listing
+        Grant("c" * 32, "PROJECT.MEMBER", "project", "p" * 32, expiration_time=PAST),
+        Grant("d" * 32, "PROJECT.MEMBER", "project", "p" * 32, is_active=False),
+        Grant("e" * 32, "PROJECT.MEMBER", "project", "p" * 32),  # confirmed gone (404)
+        Grant("F" * 32, "PROJECT.MEMBER", "project", "p" * 32),  # known, other spelling
+    ]
+    users = {alice.uuid: alice, "f" * 32: WaldurUser("f" * 32, "fay", "Fay", True)}
+    assert unknown_holders(grants, users, {"e" * 32}, NOW) == {"b" * 32}
+    assert unknown_holders(grants[:1], users, (), NOW) == set()

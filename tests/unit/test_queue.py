@@ -85,3 +85,127 @@ async def test_failure_is_retried_with_backoff() -> None:
         await queue.stop()
     assert attempts == 3
     assert queue.failures == 2
+
+
+class _Outage(Exception):
+    pass
+
+
+async def test_a_burst_of_hints_settles_into_one_run() -> None:
+    runs: list[frozenset[str]] = []
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append(reasons)
+
+    queue = CoalescingQueue(worker, concurrency=2, settle=0.2, max_wait=5)
+    queue.start()
+    try:
+        queue.request("p1", "revoke", hint=True)
+        await asyncio.sleep(0)  # the workers look, and find nothing ready
+        for i in range(200):
+            queue.request("p1", "grant" if i == 0 else f"hook-{i % 4}", hint=True)
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    assert len(runs) == 1
+    assert {"revoke", "grant"} <= runs[0]
+
+
+async def test_a_steady_stream_of_hints_is_read_once_per_window_and_never_starves() -> None:
+    runs: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append(loop.time())
+
+    settle, max_wait = 0.1, 0.3
+    queue = CoalescingQueue(worker, concurrency=1, settle=settle, max_wait=max_wait)
+    queue.start()
+    started = loop.time()
+    try:
+        # Hints keep coming faster than the window; each would postpone the run forever
+        # without the cap. Stream until three runs happened (generous limit on hints).
+        for i in range(5000):
+            queue.request("p1", f"hook-{i}", hint=True)
+            await asyncio.sleep(0.01)
+            if len(runs) >= 3:
+                break
+        elapsed = loop.time() - started
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    assert len(runs) >= 3, "a steady stream starved the project's read"
+    # At most one run per settle window, whatever the machine's speed.
+    assert len(runs) <= elapsed / settle + 2
+    gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+    assert all(gap >= settle for gap in gaps[:2]), gaps
+
+
+async def test_an_admin_request_does_not_wait_for_a_settle_window() -> None:
+    ran = asyncio.Event()
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        ran.set()
+
+    queue = CoalescingQueue(worker, concurrency=1, settle=3600, max_wait=3600)
+    queue.start()
+    try:
+        queue.request("p1", "webhook", hint=True)
+        await asyncio.sleep(0)
+        assert not ran.is_set()
+        queue.request("p1", "admin")
+        await asyncio.wait_for(ran.wait(), 10)
+    finally:
+        await queue.stop()
+
+
+async def test_sweeps_run_after_hints_and_do_not_cut_a_window_short() -> None:
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        if key == "busy":
+            await gate.wait()
+        order.append(key)
+
+    queue = CoalescingQueue(worker, concurrency=1)
+    queue.start()
+    try:
+        queue.request("busy", "admin")
+        await asyncio.sleep(0.01)
+        for key in ("s1", "s2", "s3"):
+            queue.request(key, "sweep", background=True)
+        queue.request("hooked", "webhook", hint=True)
+        gate.set()
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    assert order == ["busy", "hooked", "s1", "s2", "s3"]
+
+    settling = CoalescingQueue(worker, concurrency=1, settle=3600, max_wait=3600)
+    settling.request("p", "webhook", hint=True)
+    settling.request("p", "sweep", background=True)
+    key, wait = settling._next_ready()
+    assert key is None and wait is not None and wait > 1000
+
+
+async def test_expected_failures_are_one_warning_line(caplog) -> None:
+    attempts = 0
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise _Outage("Waldur answered 503")
+
+    queue = CoalescingQueue(worker, concurrency=1, base_delay=0.01, expected=(_Outage,))
+    queue.start()
+    try:
+        queue.request("p", "webhook")
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    records = [r for r in caplog.records if r.name == "waldur.sync.queue"]
+    assert len(records) == 1
+    assert records[0].levelname == "WARNING" and records[0].exc_info is None
+    assert "Waldur answered 503" in records[0].getMessage()

@@ -416,7 +416,8 @@ async def test_resources_in_other_projects_or_states_are_dropped(
     client = make_client(await serve({"/api/marketplace-resources/": paginated(items)}))
     result = await client.list_resources(mine, states=["Erred"])
     assert [r.uuid for r in result] == [f"{1:032x}"]
-    assert client.stats.dropped == 2
+    # Only the ignored project filter counts: states are filtered here, never sent.
+    assert client.stats.dropped == 1
 
 
 async def test_orders_with_limit_read_one_page(serve: Serve, make_client: MakeClient) -> None:
@@ -431,12 +432,38 @@ async def test_orders_with_limit_read_one_page(serve: Serve, make_client: MakeCl
         return await inner(request)
 
     client = make_client(await serve({"/api/marketplace-orders/": handler}))
-    orders = await client.list_orders(mine, states=["done", "erred"], limit=5)
+    orders = await client.list_orders(mine, limit=5)
     assert len(orders) == 5 and len(queries) == 1
     assert queries[0]["page_size"] == "5"
     assert queries[0]["o"] == "-created"
     assert queries[0]["project_uuid"] == mine
-    assert queries[0].getall("state") == ["done", "erred"]
+
+
+async def test_order_states_are_filtered_here_never_sent(
+    serve: Serve, make_client: MakeClient
+) -> None:
+    """Waldur 7.x answers 400 to a state value it does not know (pending-start-date)."""
+    sample = SAMPLES["order_after_provider_approval"]["response"]
+    mine = sample["project_uuid"]
+    items = [
+        dict(sample, uuid=f"{1:032x}", state="pending-consumer"),
+        dict(sample, uuid=f"{2:032x}", state="done"),
+        dict(sample, uuid=f"{3:032x}", state="pending-start-date"),
+    ]
+    queries: list[Any] = []
+    inner = paginated(items)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        queries.append(request.query)
+        if "state" in request.query:
+            return web.json_response({"state": ["Select a valid choice."]}, status=400)
+        return await inner(request)
+
+    client = make_client(await serve({"/api/marketplace-orders/": handler}))
+    orders = await client.list_orders(mine, states=["pending-consumer", "pending-start-date"])
+    assert [o.uuid for o in orders] == [f"{1:032x}", f"{3:032x}"]
+    assert all("state" not in q for q in queries)
+    assert client.stats.dropped == 0
 
 
 async def test_orders_with_limit_refuse_an_ignored_filter(

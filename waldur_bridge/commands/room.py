@@ -18,7 +18,7 @@ from ..db import User as DBUser
 from ..puppet import Puppet
 from ..sync.directory import ProjectGone, ProjectView
 from ..sync.policy import TeamMember, desired_team
-from ..waldur import WaldurError
+from ..waldur import WaldurAuthError, WaldurError, WaldurProtocolError, WaldurRequestError
 from .handler import SECTION_ROOM, WaldurCommandEvent
 
 log = logging.getLogger("waldur.commands.room")
@@ -59,6 +59,17 @@ async def waldur_user_of(evt: WaldurCommandEvent, mxid: str) -> str | None:
     return None
 
 
+def problem_of(error: WaldurError) -> str:
+    """How a Waldur call failed, as error_reply's key: only outages are "could not reach"."""
+    if isinstance(error, WaldurAuthError):
+        return "refused"
+    if isinstance(error, WaldurRequestError):
+        return "rejected"
+    if isinstance(error, WaldurProtocolError):
+        return "garbled"
+    return "unreachable"
+
+
 class Access:
     """The outcome of the access check for one command."""
 
@@ -81,7 +92,7 @@ async def check_access(evt: WaldurCommandEvent) -> Access | None:
         return None
     except WaldurError as e:
         log.warning("Access check for %s failed: %s", evt.sender.mxid, e)
-        await evt.send(fmt.error_reply(evt.command))
+        await evt.send(fmt.error_reply(evt.command, problem_of(e)))
         return None
     team = desired_team(
         view.project, view.grants, view.users, evt.bridge.sync.policy, datetime.now(UTC)
@@ -89,7 +100,7 @@ async def check_access(evt: WaldurCommandEvent) -> Access | None:
     if user_uuid is None or user_uuid not in team:
         if not view.complete and user_uuid is not None:
             # Part of Waldur's answer is missing: say so rather than deny a rightful member.
-            await evt.send(fmt.error_reply(evt.command))
+            await evt.send(fmt.error_reply(evt.command, "incomplete"))
         else:
             await evt.send(fmt.no_access_reply())
         return None
@@ -122,7 +133,7 @@ async def status(evt: WaldurCommandEvent) -> None:
         )
     except WaldurError as e:
         log.warning("!status for %s failed: %s", project.uuid, e)
-        await evt.send(fmt.error_reply(evt.command))
+        await evt.send(fmt.error_reply(evt.command, problem_of(e)))
         return
     in_progress = {state: sum(1 for r in busy if r.state == state) for state in IN_PROGRESS_STATES}
     await evt.send(fmt.status_reply(project.name, errored, len(errored), pending, in_progress))
@@ -142,7 +153,7 @@ async def orders(evt: WaldurCommandEvent) -> None:
         latest = await evt.bridge.waldur.list_orders(project.uuid, limit=5)
     except WaldurError as e:
         log.warning("!orders for %s failed: %s", project.uuid, e)
-        await evt.send(fmt.error_reply(evt.command))
+        await evt.send(fmt.error_reply(evt.command, problem_of(e)))
         return
     await evt.send(fmt.orders_reply(project.name, latest))
 

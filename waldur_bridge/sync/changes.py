@@ -40,8 +40,9 @@ ORDER_EVENTS = (
 )
 WATCHED_EVENTS = ROLE_EVENTS + PROJECT_EVENTS + USER_EVENTS
 POLLED_EVENTS = WATCHED_EVENTS + ORDER_EVENTS
-# Web hooks are registered by group, which Waldur expands into every type of the group.
-WEBHOOK_GROUPS = ("permissions", "projects", "users", "resources")
+# The web hook subscribes to exactly the types the bridge acts on. A group would be expanded by
+# Waldur into every type it holds ("resources" alone is about 166): a post per resource change.
+WEBHOOK_EVENTS: frozenset[str] = frozenset(POLLED_EVENTS)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 Everything here converts the Waldur client's records into the planner's plain records, and
 marks a read incomplete whenever any part of it failed, so that the planner holds removals.
+
+The listings must agree: a grant whose holder is missing from the users listing (a service
+account that lost staff sees fewer users) makes the read incomplete. Only a 404 on a direct read
+of the user, or `is_active: false`, takes that person's access away.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from ..waldur import WaldurClient, WaldurError, WaldurNotFound
 from ..waldur.records import Project, RoleGrant, User
-from .policy import Grant, ProjectInfo, WaldurUser, canonical_uuid
+from .policy import Grant, ProjectInfo, WaldurUser, canonical_uuid, unknown_holders
 
 log = logging.getLogger("waldur.sync.directory")
 
@@ -58,6 +63,10 @@ class ProjectView:
     emails: dict[str, str]
     complete: bool
     problems: list[str] = field(default_factory=list)
+    # Users Waldur confirmed deleted (404 on a direct read): their grants count for nothing.
+    gone: frozenset[str] = frozenset()
+    # Read in bulk by a sweep (possibly seconds old) rather than fresh for this project.
+    from_snapshot: bool = False
 
 
 @dataclass
@@ -71,13 +80,36 @@ class Snapshot:
     taken_at: float
     requests: int
 
+    gone: frozenset[str] = frozenset()
+
     def view(self, project_uuid: str) -> ProjectView:
+        """The project as the snapshot saw it; incomplete when a grant holder is missing from
+        the users listing (the caller then reads the project fresh)."""
         project = self.projects[project_uuid]
         grants = [
             *self.grants_by_scope.get(project.uuid, ()),
             *self.grants_by_scope.get(project.customer_uuid, ()),
         ]
-        return ProjectView(project, grants, self.users, self.emails, complete=True)
+        missing = unknown_holders(grants, self.users, self.gone, datetime.now(UTC))
+        problems = [_missing_problem(missing)] if missing else []
+        return ProjectView(
+            project,
+            grants,
+            self.users,
+            self.emails,
+            complete=not problems,
+            problems=problems,
+            gone=self.gone,
+            from_snapshot=True,
+        )
+
+
+def _missing_problem(missing: set[str]) -> str:
+    sample = ", ".join(sorted(missing)[:3])
+    return (
+        f"{len(missing)} grant holder(s) missing from Waldur's users listing ({sample}); "
+        "nobody is removed until a direct read confirms them"
+    )
 
 
 class ProjectGone(Exception):
@@ -98,6 +130,10 @@ class WaldurDirectory:
         self.projects_of_user: dict[str, set[str]] = defaultdict(set)
         self.customers_of_user: dict[str, set[str]] = defaultdict(set)
         self.last_snapshot: Snapshot | None = None
+        # Users a direct read answered 404 for; forgotten once a listing shows them again.
+        self.gone_users: set[str] = set()
+        # Called with a user's UUID when Waldur confirms them deactivated or deleted.
+        self.on_user_lost: Callable[[str], None] | None = None
 
     def mark_user_dirty(self, user_uuid: str) -> None:
         self.dirty_users.add(canonical_uuid(user_uuid))
@@ -111,6 +147,7 @@ class WaldurDirectory:
         projects, grants, users = await asyncio.gather(
             self.client.list_projects(), self.client.list_all_grants(), self.client.list_users()
         )
+        self.gone_users -= {u.uuid for u in users}
         snapshot = Snapshot(
             projects={p.uuid: to_project(p) for p in projects if not p.is_removed},
             grants_by_scope=defaultdict(list),
@@ -118,7 +155,11 @@ class WaldurDirectory:
             emails={u.uuid: u.email or "" for u in users},
             taken_at=time.time(),
             requests=self.client.stats.requests - started,
+            gone=frozenset(self.gone_users),
         )
+        for user in snapshot.users.values():
+            if not user.is_active:
+                self._lost(user.uuid)
         self.projects_of_user.clear()
         self.customers_of_user.clear()
         for grant in map(to_grant, grants):
@@ -127,6 +168,7 @@ class WaldurDirectory:
                 self.projects_of_user[grant.user_uuid].add(grant.scope_uuid)
             elif grant.scope_type == "customer":
                 self.customers_of_user[grant.user_uuid].add(grant.scope_uuid)
+        self._warn_missing_holders(grants, snapshot)
         self.users = dict(snapshot.users)
         self.emails = dict(snapshot.emails)
         self.projects = dict(snapshot.projects)
@@ -177,9 +219,35 @@ class WaldurDirectory:
             if grant.scope_type == "project":
                 self.projects_of_user[grant.user_uuid].add(grant.scope_uuid)
         await self._refresh_users({g.user_uuid for g in grants}, problems)
+        missing = unknown_holders(grants, self.users, self.gone_users, datetime.now(UTC))
+        if missing:
+            problems.append(_missing_problem(missing))
         return ProjectView(
-            project, grants, self.users, self.emails, complete=not problems, problems=problems
+            project,
+            grants,
+            self.users,
+            self.emails,
+            complete=not problems,
+            problems=problems,
+            gone=frozenset(self.gone_users),
         )
+
+    @staticmethod
+    def _warn_missing_holders(grants: list[RoleGrant], snapshot: Snapshot) -> None:
+        missing = unknown_holders(
+            map(to_grant, grants), snapshot.users, snapshot.gone, datetime.now(UTC)
+        )
+        if missing:
+            log.warning(
+                "Waldur's users listing lacks %d holder(s) of role grants: their rooms are read "
+                "one by one and nobody is removed until a direct read confirms them. Check that "
+                "the bridge's Waldur account is staff (or support); others see fewer users",
+                len(missing),
+            )
+
+    def _lost(self, user_uuid: str) -> None:
+        if self.on_user_lost is not None:
+            self.on_user_lost(user_uuid)
 
     async def _customer_grants(self, customer_uuid: str) -> tuple[list[Grant], str | None]:
         try:
@@ -198,9 +266,11 @@ class WaldurDirectory:
             try:
                 user = await self.client.get_user(uuid)
             except WaldurNotFound:
-                # A deleted user holds no access: drop what we knew.
+                # Confirmed deleted: holds no access. Drop what we knew.
                 self.users.pop(uuid, None)
                 self.dirty_users.discard(uuid)
+                self.gone_users.add(uuid)
+                self._lost(uuid)
                 return
             except WaldurError as e:
                 problems.append(f"user {uuid}: {e}")
@@ -208,6 +278,9 @@ class WaldurDirectory:
             self.users[user.uuid] = to_user(user)
             self.emails[user.uuid] = user.email or ""
             self.dirty_users.discard(user.uuid)
+            self.gone_users.discard(user.uuid)
+            if not user.is_active:
+                self._lost(user.uuid)
 
         await asyncio.gather(*(fetch(u) for u in needed))
 

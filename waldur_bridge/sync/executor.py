@@ -65,7 +65,10 @@ class PlanExecutor:
         displaynames: Mapping[str, str],
         role_signatures: Mapping[str, str],
         user_uuids: Mapping[str, str],
+        reported: frozenset[str] = frozenset(),
     ) -> Outcome:
+        """Carry out the plan. `reported`: held or dry-run removals already in the audit log
+        (a hold lasts across sweeps; it is recorded once, not on every run)."""
         outcome = Outcome()
         room_id = RoomID(portal.room_id or "")
         intent = portal.main_intent
@@ -185,9 +188,11 @@ class PlanExecutor:
         else:
             self.held.pop(portal.project_uuid, None)
         for held in plan.held:
-            await self._audit(portal, "kick", held.user_id, held.cause, "held", held.reason)
+            if held.user_id not in reported:
+                await self._audit(portal, "kick", held.user_id, held.cause, "held", held.reason)
         for dry in plan.dry_run:
-            await self._audit(portal, "kick", dry.user_id, dry.cause, "dry-run", dry.reason)
+            if dry.user_id not in reported:
+                await self._audit(portal, "kick", dry.user_id, dry.cause, "dry-run", dry.reason)
         return outcome
 
     async def _set_power_levels(self, portal: Portal, changes: dict[str, int | None]) -> None:

@@ -22,10 +22,12 @@ __all__ = [
     "ProjectInfo",
     "TeamMember",
     "WaldurUser",
+    "aware",
     "canonical_uuid",
     "desired_team",
     "effective",
     "role_power_level",
+    "unknown_holders",
 ]
 
 DEFAULT_ORGANIZATION_ROLES: frozenset[str] = frozenset({"CUSTOMER.OWNER"})
@@ -130,9 +132,12 @@ def canonical_uuid(value: str) -> str:
     return value.replace("-", "").strip().lower()
 
 
-def _aware(value: datetime) -> datetime:
-    # Waldur timestamps carry an offset; treat a naive one as UTC rather than fail on comparison.
+def aware(value: datetime) -> datetime:
+    """Waldur timestamps carry an offset; a naive one is taken as UTC rather than fail."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+_aware = aware
 
 
 def effective(grant: Grant, now: datetime) -> bool:
@@ -220,3 +225,29 @@ def desired_team(
             expires=min(expiries[user_uuid], default=None),
         )
     return team
+
+
+def unknown_holders(
+    grants: Iterable[Grant],
+    users: Mapping[str, WaldurUser],
+    gone: Iterable[str],
+    now: datetime,
+) -> set[str]:
+    """Holders of grants in force whom `users` does not know and who are not confirmed gone.
+
+    A grant without its user is a disagreement between Waldur's listings (for example a users
+    listing that shrank because the service account lost staff), not a revocation: a read with
+    such holders is incomplete and removes nobody.
+    """
+    confirmed = {canonical_uuid(u) for u in gone}
+    known: set[str] | None = None
+    missing: set[str] = set()
+    for grant in grants:
+        user_uuid = canonical_uuid(grant.user_uuid)
+        if user_uuid in users or user_uuid in confirmed or not effective(grant, now):
+            continue
+        if known is None:  # keys in another spelling: re-keyed once, only after a miss
+            known = {canonical_uuid(k) for k in users}
+        if user_uuid not in known:
+            missing.add(user_uuid)
+    return missing

@@ -3,6 +3,12 @@
 Web hooks, the events poll and sweeps all ask for "reconcile project P". A burst of requests for
 one project becomes at most one run in progress plus one queued run after it: the queued run
 sees everything that happened before it started, so further requests can merge into it.
+
+Hints settle before they run: each hint about a key pushes its run `settle` seconds later, but
+never later than `max_wait` after the first hint of the burst, so a steady stream of hints costs
+one run per settle window at most and still runs (no starvation). A role change in Waldur is a
+revoke then a grant; a run after the window sees both. Background requests (sweeps) run after
+ready hints, so a sweep over every room never delays the room a web hook asked about.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ class _Pending:
     reasons: set[str] = field(default_factory=set)
     not_before: float = 0.0
     failures: int = 0
+    # When the first hint of the current burst arrived (monotonic); None when not settling.
+    settling_since: float | None = None
+    # Only background requests (sweeps) so far: runs after ready foreground work.
+    background: bool = True
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
@@ -40,13 +50,19 @@ class CoalescingQueue:
         concurrency: int = 4,
         base_delay: float = 2.0,
         max_delay: float = 300.0,
+        settle: float = 0.0,
+        max_wait: float = 0.0,
         name: str = "queue",
+        expected: tuple[type[Exception], ...] = (),
     ) -> None:
         self._worker = worker
         self._concurrency = concurrency
         self._base_delay = base_delay
         self._max_delay = max_delay
         self._name = name
+        self.settle = settle
+        self._expected = expected
+        self.max_wait = max(max_wait, settle)
         self._pending: dict[str, _Pending] = {}
         self._running: set[str] = set()
         self._wakeup = asyncio.Event()
@@ -63,29 +79,54 @@ class CoalescingQueue:
         self._pending[key].waiters.append(future)
         await asyncio.wait_for(future, timeout)
 
-    def request(self, key: str, reason: str) -> None:
+    def request(
+        self, key: str, reason: str, *, hint: bool = False, background: bool = False
+    ) -> None:
+        """Queue a run of `key`.
+
+        hint: a change notice (web hook, events poll) that settles first (see the module doc).
+        background: a sweep's request; it neither cuts a settle window short nor goes before
+        foreground work. Anything else (admin actions) runs as soon as a slot is free.
+        """
+        now = time.monotonic()
         pending = self._pending.get(key)
         if pending is None:
-            self._pending[key] = _Pending(reasons={reason})
+            pending = self._pending[key] = _Pending(reasons={reason}, background=background)
         else:
             pending.reasons.add(reason)
-            # Fresh information beats a retry timer: run as soon as possible.
+            pending.background = pending.background and background
+        if hint and self.settle > 0:
+            if pending.settling_since is None:
+                pending.settling_since = now
+            pending.not_before = min(now + self.settle, pending.settling_since + self.max_wait)
+        elif not background:
+            # An admin's request beats a settle window and a retry timer: run now.
+            pending.not_before = 0.0
+            pending.settling_since = None
+        elif pending.settling_since is None:
+            # Fresh information beats a retry timer.
             pending.not_before = 0.0
         self._idle.clear()
         self._wakeup.set()
 
-    def _retry_later(self, key: str, reasons: set[str], failures: int) -> None:
+    def _retry_later(self, key: str, failed: _Pending) -> float | None:
+        """Queue a retry; returns its delay, or None when a newer request already waits."""
+        failures = failed.failures + 1
         pending = self._pending.get(key)
         if pending is not None:
-            # A newer request arrived during the failed run: it runs now and carries the count.
-            pending.reasons |= reasons
+            # A newer request arrived during the failed run: it runs as planned, with the count.
+            pending.reasons |= failed.reasons
             pending.failures = failures
-            return
+            pending.background = pending.background and failed.background
+            return None
         delay = min(self._max_delay, self._base_delay * 2 ** (failures - 1))
         self._pending[key] = _Pending(
-            reasons=set(reasons), not_before=time.monotonic() + delay, failures=failures
+            reasons=set(failed.reasons),
+            not_before=time.monotonic() + delay,
+            failures=failures,
+            background=failed.background,
         )
-        log.info("%s: %s failed %d time(s), retrying in %.0f s", self._name, key, failures, delay)
+        return delay
 
     @property
     def size(self) -> int:
@@ -108,16 +149,24 @@ class CoalescingQueue:
         await asyncio.wait_for(self._idle.wait(), timeout)
 
     def _next_ready(self) -> tuple[str | None, float | None]:
-        """The oldest ready key (dicts keep arrival order), else how long until one is ready."""
+        """The oldest ready foreground key (dicts keep arrival order), else the oldest ready
+        background key, else how long until one is ready."""
         now = time.monotonic()
         soonest: float | None = None
+        background: str | None = None
         for key, pending in self._pending.items():
             if key in self._running:
                 continue
             if pending.not_before <= now:
-                return key, None
+                if not pending.background:
+                    return key, None
+                if background is None:
+                    background = key
+                continue
             if soonest is None or pending.not_before < soonest:
                 soonest = pending.not_before
+        if background is not None:
+            return background, None
         return None, (None if soonest is None else max(0.0, soonest - now))
 
     async def _run(self) -> None:
@@ -140,8 +189,13 @@ class CoalescingQueue:
                 raise
             except Exception as e:
                 self.failures += 1
-                log.exception("%s: run for %s failed", self._name, key)
-                self._retry_later(key, pending.reasons, pending.failures + 1)
+                delay = self._retry_later(key, pending)
+                when = "a newer request runs next" if delay is None else f"retry in {delay:.0f} s"
+                if isinstance(e, self._expected):
+                    # Expected trouble (Waldur down, an incomplete read): one line, no traceback.
+                    log.warning("%s: %s not finished (%s); %s", self._name, key, e, when)
+                else:
+                    log.exception("%s: run for %s failed; %s", self._name, key, when)
                 for waiter in pending.waiters:
                     if not waiter.done():
                         waiter.set_exception(e)

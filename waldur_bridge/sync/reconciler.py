@@ -4,7 +4,9 @@ a pure plan, its execution and its record."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -14,6 +16,7 @@ from mautrix.types import EventType, Membership, PowerLevelStateEventContent, Ro
 from .. import identity
 from ..db import HeldRemoval, PortalMember, User as DBUser
 from ..puppet import Puppet
+from ..waldur import WaldurError
 from .directory import ProjectView
 from .executor import Outcome, PlanExecutor
 from .planner import (
@@ -27,7 +30,7 @@ from .planner import (
     PlanContext,
     plan,
 )
-from .policy import MembershipPolicy, ProjectInfo, desired_team
+from .policy import MembershipPolicy, ProjectInfo, desired_team, unknown_holders
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -50,6 +53,8 @@ class Result:
     outcome: Outcome
     # (display name, role name, gained) for people whose roles changed, read from Waldur.
     role_changes: list[tuple[str, str, bool]] = field(default_factory=list)
+    # The view the plan was made from, when a fresh read replaced the one passed in.
+    view: ProjectView | None = None
 
 
 class Reconciler:
@@ -69,6 +74,8 @@ class Reconciler:
         self._links: dict[str, str] | None = None
         # Projects with removals on hold, so the table is only written when something changes.
         self._held_projects: set[str] | None = None
+        # Held and dry-run removals already audited, per project (cleared when they end).
+        self._reported: dict[str, frozenset[str]] = {}
 
     # region desired
 
@@ -90,7 +97,11 @@ class Reconciler:
         self, view: ProjectView, active: bool = True, inactive_reason: str | None = None
     ) -> tuple[DesiredRoom, dict[str, Puppet], dict[str, str], dict[str, str], dict[str, str]]:
         """The desired room and the per-user details the executor needs."""
-        team = desired_team(view.project, view.grants, view.users, self.policy, datetime.now(UTC))
+        now = datetime.now(UTC)
+        team = desired_team(view.project, view.grants, view.users, self.policy, now)
+        # Listings that disagree (a grant whose holder the users listing lacks) remove nobody,
+        # whichever read produced the view.
+        complete = view.complete and not unknown_holders(view.grants, view.users, view.gone, now)
         members: dict[str, DesiredMember] = {}
         puppets: dict[str, Puppet] = {}
         displaynames: dict[str, str] = {}
@@ -120,7 +131,7 @@ class Reconciler:
             signatures[mxid] = role_signature(member.roles)
             user_uuids[mxid] = user_uuid
         room = DesiredRoom(
-            complete=view.complete,
+            complete=complete,
             active=active,
             members=members if active else {},
             name=view.project.name if active else None,
@@ -290,7 +301,13 @@ class Reconciler:
         inactive_reason: str | None = None,
         policy: MembershipPolicy | None = None,
         cached_state: bool = False,
+        refresh: Callable[[], Awaitable[ProjectView]] | None = None,
     ) -> Result:
+        """Plan and carry out one portal's changes.
+
+        With `refresh`, a plan that would remove anyone is made again from a fresh read
+        (`view` may be a sweep's older snapshot): a removal needs a fresh "no".
+        """
         desired, puppets, displaynames, signatures, user_uuids = await self.desired(
             view, active, inactive_reason
         )
@@ -298,11 +315,41 @@ class Reconciler:
         result = await self._plan(
             portal, desired, signatures, policy or self.policy, records, cached_state
         )
+        replaced: ProjectView | None = None
+        if refresh is not None and (
+            result.held or result.dry_run or any(isinstance(a, Kick) for a in result.actions)
+        ):
+            try:
+                view = await refresh()
+            except WaldurError as e:
+                # No fresh "no", no removal: additions from the snapshot go ahead, the caller
+                # sees an incomplete view and retries.
+                problem = f"fresh read before removals failed: {e}"
+                view = dataclasses.replace(
+                    view, complete=False, problems=[*view.problems, problem]
+                )
+            replaced = view
+            desired, puppets, displaynames, signatures, user_uuids = await self.desired(
+                view, active, inactive_reason
+            )
+            result = await self._plan(
+                portal, desired, signatures, policy or self.policy, records, cached_state
+            )
         # Display names follow Waldur even when membership is unchanged.
         for user_id, puppet in puppets.items():
             name = displaynames.get(user_id, "")
             if puppet.is_registered and name and name != puppet.displayname:
                 await puppet.ensure_ready(name)
+        if self._held_projects is None:
+            self._held_projects = {h.project_uuid for h in await HeldRemoval.all()}
+        reported = self._reported.get(portal.project_uuid)
+        if reported is None:
+            held_before = (
+                await HeldRemoval.all(portal.project_uuid)
+                if portal.project_uuid in self._held_projects
+                else []
+            )
+            reported = frozenset(h.mxid for h in held_before)
         outcome = await self.executor.execute(
             portal,
             result,
@@ -310,15 +357,17 @@ class Reconciler:
             displaynames=displaynames,
             role_signatures=signatures,
             user_uuids=user_uuids,
+            reported=reported,
         )
-        if self._held_projects is None:
-            self._held_projects = {h.project_uuid for h in await HeldRemoval.all()}
+        self._reported[portal.project_uuid] = frozenset(
+            k.user_id for k in (*result.held, *result.dry_run)
+        )
         if result.held or portal.project_uuid in self._held_projects:
             await self._record_held(portal, result)
         changes = await self._track_roles(
             portal, result, records, signatures, displaynames, puppets
         )
-        return Result(result, outcome, changes)
+        return Result(result, outcome, changes, replaced)
 
     async def _track_roles(
         self,
@@ -384,3 +433,4 @@ class Reconciler:
     def forget_held(self, project_uuid: str) -> None:
         if self._held_projects is not None:
             self._held_projects.discard(project_uuid)
+        self._reported.pop(project_uuid, None)

@@ -9,8 +9,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import aiohttp
+from mautrix.errors import MatrixError
+
 from ..db import HeldRemoval, PortalMember, portal as states
-from ..messages import order_notice as fmt_order_notice, role_notice, room_closed_notice
+from ..messages import order_notice as fmt_order_notice, role_notices, room_closed_notice
 from ..metrics import HINTS, RECONCILE_TIME, RECONCILES, SWEEPS, mark_good_sweep, register_live
 from ..portal import Portal
 from ..waldur import Event, WaldurError
@@ -18,17 +21,19 @@ from .changes import (
     ORDER_EVENTS,
     USER_EVENTS,
     WATCHED_EVENTS,
-    WEBHOOK_GROUPS,
+    WEBHOOK_EVENTS,
     EventsPoller,
     Hint,
     hint_from_event,
 )
 from .directory import ProjectGone, ProjectView, WaldurDirectory
 from .executor import PlanExecutor
+from .expiry import ExpiryTimers
 from .planner import Plan
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
 from .queue import CoalescingQueue
 from .reconciler import Reconciler, Result
+from .sessions import SessionCloser
 
 if TYPE_CHECKING:
     from ..__main__ import WaldurBridge
@@ -36,15 +41,35 @@ if TYPE_CHECKING:
 log = logging.getLogger("waldur.sync")
 
 
+# User events after which the person's puppet sessions may have to be logged out.
+SESSION_EVENTS = frozenset({"user_deactivated", "user_deletion_succeeded", "user_activated"})
+
 # Reasons a project can be queued for; anything but SWEEP needs a fresh read of Waldur.
 SWEEP = "sweep"
 CREATE = "create"
 REACTIVATE = "reactivate"
 CLOSE = "close"
+EXPIRY = "expiry"
 
 
 class IncompleteRead(Exception):
     """Part of Waldur's answer was missing: additions were made, removals wait for a retry."""
+
+
+class HomeserverWritesFailed(RuntimeError):
+    """Some invites, kicks or power-level writes failed; the queue retries the room."""
+
+
+# Failures a reconcile expects now and then (Waldur or the homeserver down, an incomplete read):
+# logged as one warning line and retried with backoff, never a traceback.
+EXPECTED_FAILURES: tuple[type[Exception], ...] = (
+    WaldurError,
+    IncompleteRead,
+    HomeserverWritesFailed,
+    MatrixError,
+    aiohttp.ClientError,
+    TimeoutError,
+)
 
 
 def policy_from_config(config) -> MembershipPolicy:
@@ -67,6 +92,9 @@ class SyncService:
         self.config = bridge.config
         self.policy = policy_from_config(self.config)
         self.directory = WaldurDirectory(bridge.waldur)
+        self.sessions = SessionCloser(bridge.waldur)
+        self.directory.on_user_lost = self.sessions.user_lost
+        self.expiry = ExpiryTimers(lambda project: self.request_project(project, EXPIRY))
         self.executor = PlanExecutor(self.config["bridge.membership.concurrency"])
         self.reconciler = Reconciler(self.config, self.policy, self.executor)
         # Rooms are reconciled in parallel (each room's membership changes one at a time), so
@@ -75,7 +103,10 @@ class SyncService:
             self._reconcile_worker,
             concurrency=self.config["bridge.membership.concurrency"],
             base_delay=5.0,
+            settle=float(self.config["bridge.membership.settle_seconds"]),
+            max_wait=float(self.config["bridge.membership.settle_max_wait"]),
             name="reconcile",
+            expected=EXPECTED_FAILURES,
         )
         self.poller = EventsPoller(
             bridge.waldur,
@@ -116,6 +147,8 @@ class SyncService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.stop()
+        await self.sessions.stop()
+        self.expiry.cancel_all()
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         await self.queue.wait_idle(timeout)
@@ -123,8 +156,12 @@ class SyncService:
     # endregion
     # region feeds
 
-    def request_project(self, project_uuid: str, reason: str) -> None:
-        self.queue.request(canonical_uuid(project_uuid), reason)
+    def request_project(
+        self, project_uuid: str, reason: str, *, hint: bool = False, background: bool = False
+    ) -> None:
+        """Queue a reconcile. Hints (web hooks, events) settle first; sweeps run in the
+        background; anything else (admins) runs as soon as a slot is free."""
+        self.queue.request(canonical_uuid(project_uuid), reason, hint=hint, background=background)
 
     async def handle_event(self, event: Event, source: str) -> None:
         """A web hook or a polled event: look again at what it names, nothing more."""
@@ -146,6 +183,8 @@ class SyncService:
         whole_person = hint.event_type in USER_EVENTS or source == "admin"
         for user_uuid in hint.user_uuids:
             self.directory.mark_user_dirty(user_uuid)
+            if hint.event_type in SESSION_EVENTS:
+                self.sessions.check(user_uuid)
             if not whole_person:
                 continue
             projects |= self.directory.projects_of_user.get(user_uuid, set())
@@ -159,7 +198,7 @@ class SyncService:
                 p.project_uuid for p in await Portal.all() if p.customer_uuid == customer_uuid
             }
         for project_uuid in projects:
-            self.request_project(project_uuid, reason)
+            self.request_project(project_uuid, reason, hint=source != "admin")
 
     async def handle_hint_for_user(self, user_uuid: str, reason: str) -> None:
         """Someone's mapping changed (link, unlink): look again at every room they belong in."""
@@ -181,11 +220,25 @@ class SyncService:
         while True:
             try:
                 hooks = await self.bridge.waldur.list_hooks()
-                if any(h.destination_url == url and h.is_active for h in hooks):
+                ours = [h for h in hooks if h.destination_url == url and h.is_active]
+                wanted = sorted(WEBHOOK_EVENTS)
+                if ours and set(ours[0].event_types) == WEBHOOK_EVENTS:
                     log.info("Waldur web hook already registered")
                     return
-                await self.bridge.waldur.create_hook(url, (), event_groups=WEBHOOK_GROUPS)
-                log.info("Registered the bridge's web hook in Waldur")
+                if ours:
+                    # An older registration (by event group) posts far more than the bridge
+                    # reads: narrow it to the types the bridge acts on.
+                    await self.bridge.waldur.update_hook(ours[0].uuid, wanted)
+                    log.info(
+                        "Narrowed the bridge's Waldur web hook from %d to %d event types",
+                        len(ours[0].event_types),
+                        len(wanted),
+                    )
+                    return
+                await self.bridge.waldur.create_hook(url, wanted)
+                log.info(
+                    "Registered the bridge's web hook in Waldur (%d event types)", len(wanted)
+                )
                 return
             except WaldurError as e:
                 level = logging.DEBUG if self.bridge.waldur_access.reported(e) else logging.WARNING
@@ -236,7 +289,7 @@ class SyncService:
                 if self.wants_portal(project):
                     queued.add(project.uuid)
             for project_uuid in queued:
-                self.request_project(project_uuid, SWEEP)
+                self.request_project(project_uuid, SWEEP, background=True)
             SWEEPS.labels(outcome="ok").inc()
             mark_good_sweep()
             self.last_sweep = {
@@ -268,7 +321,11 @@ class SyncService:
     async def _view(self, project_uuid: str, reasons: frozenset[str]) -> ProjectView:
         snapshot = self.directory.last_snapshot
         if reasons == {SWEEP} and snapshot is not None and project_uuid in snapshot.projects:
-            return snapshot.view(project_uuid)
+            view = snapshot.view(project_uuid)
+            if view.complete:
+                return view
+            # The listings disagree (a grant holder missing from the users listing): a fresh
+            # read of the project reads those users directly.
         return await self.directory.read_project(project_uuid)
 
     async def _reconcile_worker(self, project_uuid: str, reasons: frozenset[str]) -> None:
@@ -307,11 +364,26 @@ class SyncService:
         # Sweeps after the first plan from the state store the homeserver's pushes keep; the
         # first sweep after start and every change Waldur reports read the room fresh.
         cached = reasons == {SWEEP} and self._sweeps > 1
-        result = await self.reconciler.reconcile(portal, view, cached_state=cached)
+
+        async def refresh() -> ProjectView:
+            # A sweep's snapshot may be seconds old (a role change half done): kick only if a
+            # fresh read of the project still says so.
+            return await self.directory.read_project(project_uuid)
+
+        try:
+            result = await self.reconciler.reconcile(
+                portal, view, cached_state=cached, refresh=refresh if view.from_snapshot else None
+            )
+        except ProjectGone:
+            if portal.room_id and portal.state != states.DISABLED:
+                await self.disable(portal, "the project was deleted in Waldur")
+            return None
+        view = result.view or view
+        self.expiry.schedule(project_uuid, view.grants)
         await self._report_holds(portal, result)
         await self._role_notices(portal, result)
         if result.outcome.failed:
-            raise RuntimeError(
+            raise HomeserverWritesFailed(
                 f"{result.outcome.failed} homeserver write(s) failed: "
                 + "; ".join(result.outcome.errors[:3])
             )
@@ -428,9 +500,9 @@ class SyncService:
     async def _role_notices(self, portal: Portal, result: Result) -> None:
         if not self.config["bridge.commands.role_notices"]:
             return
-        for name, role, gained in result.role_changes:
+        for notice in role_notices(result.role_changes):
             try:
-                await portal.send_reply(role_notice(name, role, gained))
+                await portal.send_reply(notice)
             except Exception as e:
                 log.warning("Could not post a role notice in %s: %s", portal.room_id, e)
 
@@ -483,7 +555,7 @@ class SyncService:
             await member.save()
         else:
             # Kicked by a moderator: the next reconcile decides (it re-invites anyone entitled).
-            self.request_project(portal.project_uuid, "member-kicked")
+            self.request_project(portal.project_uuid, "member-kicked", hint=True)
 
     async def on_member_invited(self, portal: Portal, user_id: str, inviter: str) -> None:
         if inviter == portal.az.bot_mxid:

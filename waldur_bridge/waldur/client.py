@@ -338,23 +338,26 @@ class WaldurClient:
         states: Iterable[str] | None = None,
         limit: int | None = None,
     ) -> list[Order]:
-        """The project's orders, newest first; with ``limit``, only the newest ``limit``."""
+        """The project's orders, newest first; with ``limit``, only the newest ``limit``.
+
+        States are filtered here, never sent: Waldur 7.x answers 400 to a state it does not
+        know (``pending-start-date`` came later), and a filter value must work on every version.
+        """
         project_uuid = normalize_uuid(project_uuid)
         wanted_states = frozenset(states) if states is not None else None
         path = "/api/marketplace-orders/"
         params: dict[str, QueryValue] = {"project_uuid": project_uuid, "o": "-created"}
-        if wanted_states is not None:
-            params["state"] = sorted(wanted_states)
 
         def matches(order: Order) -> bool:
-            return order.project_uuid == project_uuid and (
-                wanted_states is None or order.state in wanted_states
-            )
+            return order.project_uuid == project_uuid
 
-        if limit is None:
+        if limit is None or wanted_states is not None:
             items = await self.get_list(path, params)
             orders = self._parse_all(path, items, Order.from_api)
-            return self._keep(path, "project_uuid/state", orders, matches)
+            orders = self._keep(path, "project_uuid", orders, matches)
+            if wanted_states is not None:
+                orders = [o for o in orders if o.state in wanted_states]
+            return orders if limit is None else orders[:limit]
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         items = await self._list(path, params, page_size=limit, first_page_only=True)
@@ -370,24 +373,20 @@ class WaldurClient:
     async def list_resources(
         self, project_uuid: str, *, states: Iterable[str] | None = None
     ) -> list[Resource]:
-        """The project's marketplace resources, optionally only in the given states."""
+        """The project's marketplace resources, optionally only in the given states (filtered
+        here, not sent: a state value some Waldur version lacks would be answered with 400)."""
         project_uuid = normalize_uuid(project_uuid)
         wanted_states = frozenset(states) if states is not None else None
         path = "/api/marketplace-resources/"
         params: dict[str, QueryValue] = {"project_uuid": project_uuid}
-        if wanted_states is not None:
-            params["state"] = sorted(wanted_states)
         items = await self.get_list(path, params)
         resources = self._parse_all(path, items, Resource.from_api)
-        return self._keep(
-            path,
-            "project_uuid/state",
-            resources,
-            lambda r: (
-                r.project_uuid == project_uuid
-                and (wanted_states is None or r.state in wanted_states)
-            ),
+        resources = self._keep(
+            path, "project_uuid", resources, lambda r: r.project_uuid == project_uuid
         )
+        if wanted_states is None:
+            return resources
+        return [r for r in resources if r.state in wanted_states]
 
     # --- web hooks ----------------------------------------------------------------------------
 
@@ -414,6 +413,16 @@ class WaldurClient:
         }
         url = self._url(path)
         reply = await self._send("POST", url, json_body=body)
+        return self._parse_one(path, self._decode(reply, url), WebHook)
+
+    async def update_hook(self, uuid: str, event_types: Sequence[str]) -> WebHook:
+        """Set a web hook's event types exactly (its event groups are cleared)."""
+        if not event_types:
+            raise ValueError("a web hook needs at least one event type")
+        path = f"/api/hooks-web/{normalize_uuid(uuid)}/"
+        url = self._url(path)
+        body = {"event_types": list(event_types), "event_groups": []}
+        reply = await self._send("PATCH", url, json_body=body)
         return self._parse_one(path, self._decode(reply, url), WebHook)
 
     async def delete_hook(self, uuid: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..sync.changes import WEBHOOK_EVENTS
 from .transactions import transaction_guard
 from .webhook import WebhookReceiver
 
@@ -19,6 +20,7 @@ def mount_web(bridge: WaldurBridge) -> None:
             config["waldur.webhook.secret"],
             bridge.sync.handle_event,
             max_body_size=config["waldur.webhook.max_body_size"],
+            event_types=WEBHOOK_EVENTS,
         )
         bridge.az.app.add_subapp(
             config["waldur.webhook.path_prefix"].rstrip("/"), bridge.webhook.app

@@ -35,8 +35,18 @@ async def read_bounded(request: web.Request, limit: int) -> bytes | None:
 
 
 class WebhookReceiver:
-    def __init__(self, secret: str, handle: EventHandler, *, max_body_size: int) -> None:
+    def __init__(
+        self,
+        secret: str,
+        handle: EventHandler,
+        *,
+        max_body_size: int,
+        event_types: frozenset[str] | None = None,
+    ) -> None:
         self.secret = secret.encode()
+        # Types the bridge acts on; others (a hook registered by group) are dropped unread.
+        self.event_types = event_types
+        self.ignored = 0
         self.handle = handle
         self.max_body_size = max_body_size
         self.received = 0
@@ -63,6 +73,9 @@ class WebhookReceiver:
             self.rejected += 1
             log.info("Rejected a malformed web hook: %s", e)
             return web.json_response({"error": str(e)}, status=400)
+        if self.event_types is not None and event.event_type not in self.event_types:
+            self.ignored += 1
+            return web.json_response({}, status=202)
         self.received += 1
         log.debug("Web hook %s received", event.event_type)
         try:
