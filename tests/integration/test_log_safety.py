@@ -14,7 +14,6 @@ from urllib.parse import quote
 
 import aiohttp
 
-from waldur_bridge.sync.changes import WEBHOOK_GROUPS
 from waldur_devenv.matrix_user import MatrixTestUser
 
 from .helpers import BridgeEnv, wait_for
@@ -54,7 +53,14 @@ async def test_no_secret_in_the_debug_log(bridge_env: BridgeEnv) -> None:
     erin = sim.add_user(f"erin{suffix}", "Erin Example")
     sim.grant(erin, project, "PROJECT.ADMIN")
     erin_waldur_token = sim.token_for(erin)
-    config = env.write_config(**{"waldur.webhook.secret": hook_secret, **DEBUG_EVERYWHERE})
+    # The bridge registers its own web hook in Waldur (its URL holds the secret).
+    config = env.write_config(
+        **{
+            "waldur.webhook.secret": hook_secret,
+            "waldur.webhook.register": True,
+            **DEBUG_EVERYWHERE,
+        }
+    )
     log_path = env.tmp_path / "bridge.log"
     port = env.hs.as_port
     base = f"http://127.0.0.1:{port}"
@@ -75,7 +81,11 @@ async def test_no_secret_in_the_debug_log(bridge_env: BridgeEnv) -> None:
     try:
         async with aiohttp.ClientSession() as session:
             await wait_for(lambda: _ready(session, port), 60, "the bridge process to be ready")
-            sim.add_hook(f"{base}/waldur/webhook/{hook_secret}", event_groups=WEBHOOK_GROUPS)
+
+            async def hook_registered() -> bool:
+                return any(h.destination_url.endswith(hook_secret) for h in sim.hooks.values())
+
+            await wait_for(hook_registered, 30, "the bridge to register its web hook")
             room = await wait_for(lambda: _room_of(env, project), 60, "the portal room")
 
             # A provisioning login: the Waldur token goes in, a Matrix access token comes out.

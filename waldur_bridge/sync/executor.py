@@ -29,6 +29,23 @@ _MEMBERSHIP_VERBS = {
 }
 
 
+def _log_change(action: str, target: str | None, cause: str, portal: Portal) -> None:
+    """One INFO line per person and change, for operators who want to know who came and went."""
+    room = _room_label(portal)
+    if action == "power-levels":
+        # One event changes several people: a line each, with its own clause of the cause.
+        changes = (target or "").split(", ")
+        clauses = cause.split("; ")
+        if len(clauses) != len(changes):
+            clauses = [cause] * len(changes)
+        for change, clause in zip(changes, clauses, strict=True):
+            user, _, level = change.rpartition("=")
+            log.info("Set power level of %s to %s in %s: %s", user, level, room, clause)
+        return
+    preposition = "from" if action == "kick" else "to"
+    log.info("%s %s %s %s: %s", _MEMBERSHIP_VERBS[action], target, preposition, room, cause)
+
+
 def _room_label(portal: Portal) -> str:
     """How log lines name a room: the project's name and the room ID."""
     name = portal.name or portal.project_uuid
@@ -91,15 +108,7 @@ class PlanExecutor:
             outcome.done += 1
             MEMBERSHIP_ACTIONS.labels(action=action, outcome="done").inc()
             if action in _MEMBERSHIP_VERBS:
-                # One line per change, for operators who want to know who came and went.
-                log.info(
-                    "%s %s %s %s: %s",
-                    _MEMBERSHIP_VERBS[action],
-                    target,
-                    "in" if action == "power-levels" else "to" if action != "kick" else "from",
-                    _room_label(portal),
-                    cause,
-                )
+                _log_change(action, target, cause, portal)
             await self._audit(portal, action, target, cause, "done")
             return True
 
