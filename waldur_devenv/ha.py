@@ -109,7 +109,7 @@ class BridgeProcess:
 
     async def start(self) -> None:
         # A file rather than a pipe: nothing has to drain it while the test waits.
-        self._log = self.log_path.open("ab")  # noqa: SIM115  (closed in wait())
+        self._log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
