@@ -22,6 +22,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from waldur_bridge.leadership import EXIT_STEPPED_DOWN
 from waldur_devenv.ha import (
     LIVE,
     READY,
@@ -304,6 +305,20 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         after = await tester.send_text(room, "!help")
         await wait_for(lambda: cluster.replies_to(room, after), 60, "a reply after the handover")
 
+        # The active instance loses its lock connection (a database restart, a cut network):
+        # it steps down at once and exits for its supervisor to restart; the standby takes over.
+        b2 = await cluster.start("b2", port_b)
+        await cluster.wait_live(b2)
+        cut_at = time.monotonic()
+        await _terminate_lock_session(cluster.database, a2.pid)
+        ready_at = await wait_status(cluster.session, b2.base_url + READY, 200, 60)
+        print(f"takeover after the active lost its lock connection: {ready_at - cut_at:.2f} s")
+        assert await a2.wait() == EXIT_STEPPED_DOWN, a2.output()[-3000:]
+        stepped = [line for line in a2.output().splitlines() if "Stepping down" in line]
+        assert len(stepped) == 1 and "Traceback" not in a2.output(), a2.output()[-3000:]
+        last = await tester.send_text(room, "!help")
+        await wait_for(lambda: cluster.replies_to(room, last), 60, "a reply after the step-down")
+
         # Exactly once: the gap's command has one reply; one room per project; nobody invited,
         # joined or removed twice.
         assert len(await cluster.replies_to(room, during_gap)) == 1
@@ -321,6 +336,21 @@ async def _has(cluster: Cluster, room: str, user_id: str) -> bool:
 
 async def _not_ready_via_proxy(cluster: Cluster) -> bool:
     return await cluster.proxy._ready_backend() is None
+
+
+async def _terminate_lock_session(database: str, bridge_pid: int) -> None:
+    """End the database session that holds the leader lock of the bridge process bridge_pid."""
+    conn = await asyncpg.connect(database)
+    try:
+        ended = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a "
+            "JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted "
+            "WHERE a.application_name = 'waldur-bridge leadership' "
+            "AND a.datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    assert ended == 1, f"expected the one lock session of bridge {bridge_pid}, ended {ended}"
 
 
 async def _txn_recorded(database: str, txn_id: str) -> bool:
