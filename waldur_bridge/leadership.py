@@ -68,8 +68,9 @@ LOCK_CONNECTION_SETTINGS = {
     "tcp_user_timeout": "10000",
 }
 
-# Paths a standby still answers: the probes that tell a load balancer it is alive, not ready.
-ALWAYS_OPEN = frozenset({"/_matrix/mau/live", "/_matrix/mau/ready"})
+# The probes a standby answers: alive, not ready.
+LIVE = "/_matrix/mau/live"
+READY = "/_matrix/mau/ready"
 
 
 class AnotherInstance(RuntimeError):
@@ -389,8 +390,11 @@ def standby_gate(leadership: Leadership) -> Callable[..., Awaitable[web.StreamRe
 
     @web.middleware
     async def gate(request: web.Request, handler: Callable) -> web.StreamResponse:
-        if leadership.active or request.path in ALWAYS_OPEN:
+        if leadership.active or request.path == LIVE:
             return await handler(request)
+        if request.path == READY:
+            # mautrix answers 500 before it is ready; load balancers expect 503 from a standby.
+            return web.json_response({}, status=503)
         # The homeserver keeps a refused transaction and retries it; nothing is recorded here.
         return web.json_response(
             {"errcode": "M_UNKNOWN", "error": "This bridge instance is a standby; try again."},
@@ -401,13 +405,14 @@ def standby_gate(leadership: Leadership) -> Callable[..., Awaitable[web.StreamRe
     return gate
 
 
-async def ping_until_reachable(bridge: WaldurBridge, grace: float) -> None:
+async def ping_until_reachable(bridge: WaldurBridge, grace: float) -> int | None:
     """Ping the homeserver until it reaches this instance (or grace runs out).
 
     Behind a readiness-routing load balancer the homeserver reaches a new active instance only
     after the balancer has seen it ready; a successful ping also makes Synapse retry the
     transactions it queued during the takeover at once instead of after its backoff. When grace
-    runs out, the framework's own start-up check reports the problem.
+    runs out, the framework's own start-up check reports the problem. Returns the round trip
+    in ms, None when the homeserver was not reached.
     """
     deadline = time.monotonic() + grace
     delay = 0.5
@@ -417,15 +422,15 @@ async def ping_until_reachable(bridge: WaldurBridge, grace: float) -> None:
             duration = await bridge.az.ping_self()
         except MatrixRequestError as e:
             if e.errcode in ("M_UNKNOWN_TOKEN", "M_FORBIDDEN", "M_UNRECOGNIZED"):
-                return  # not a reachability problem: the start-up check names it
+                return None  # not a reachability problem: the start-up check names it
             problem = f"{e.errcode} {e.message}"
         except Exception as e:
             problem = f"{type(e).__name__}: {e}"
         else:
             log.info("The homeserver reaches this instance (ping round trip %s ms)", duration)
-            return
+            return duration
         if time.monotonic() + delay > deadline:
-            return
+            return None
         if not told:
             log.info(
                 "Waiting for the homeserver to reach this instance through appservice.address "
@@ -459,9 +464,23 @@ def install(bridge: WaldurBridge) -> Leadership:
             bridge.start_prometheus()  # so a standby reports waldur_bridge_active 0 too
             bridge._automatic_prometheus = False
         await leadership.wait_until_active()
-        if leadership.shared:
-            await ping_until_reachable(bridge, grace)
-        await original_wait()
+        duration = await ping_until_reachable(bridge, grace) if leadership.shared else None
+        if duration is None:
+            await original_wait()
+            return
+        # The framework pings again; skip that: Synapse 1.163 answers a ping that comes while
+        # it still retries the queued transactions with 502 (its force_retry cancels a timer
+        # twice), which the framework's retry turned into a 4 s stall.
+        real_ping = bridge.az.ping_self
+
+        async def pinged(txn_id: str | None = None) -> int:
+            return duration
+
+        bridge.az.ping_self = pinged  # type: ignore[method-assign]
+        try:
+            await original_wait()
+        finally:
+            bridge.az.ping_self = real_ping  # type: ignore[method-assign]
 
     bridge.matrix.wait_for_connection = wait_for_connection  # type: ignore[method-assign]
     return leadership

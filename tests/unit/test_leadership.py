@@ -91,7 +91,7 @@ def test_sqlite_lock_of_a_killed_process_is_free_at_once(tmp_path: Path) -> None
         holder.wait(30)
 
 
-async def test_standby_gate_answers_probes_only(tmp_path: Path) -> None:
+async def test_standby_gate_is_live_not_ready_and_refuses_the_rest(tmp_path: Path) -> None:
     leadership = Leadership(f"sqlite:{tmp_path / 'x.db'}", Instance("h", 1, ""))
     handled: list[str] = []
 
@@ -102,14 +102,14 @@ async def test_standby_gate_answers_probes_only(tmp_path: Path) -> None:
     app = web.Application(middlewares=[standby_gate(leadership)])
     app.router.add_route("*", "/{tail:.*}", handler)
     async with TestClient(TestServer(app)) as client:
-        for path in ("/_matrix/mau/live", "/_matrix/mau/ready"):
-            assert (await client.get(path)).status == 200
+        assert (await client.get("/_matrix/mau/live")).status == 200
+        assert (await client.get("/_matrix/mau/ready")).status == 503
         resp = await client.put("/_matrix/app/v1/transactions/1", json={"events": []})
         assert resp.status == 503
         assert resp.headers["Retry-After"]
         for path in ("/waldur/webhook/x", "/_matrix/provision/v1/login", "/_matrix/app/v1/ping"):
             assert (await client.post(path, json={})).status == 503
-        assert handled == ["/_matrix/mau/live", "/_matrix/mau/ready"]
+        assert handled == ["/_matrix/mau/live"]
         leadership.active = True
         assert (await client.put("/_matrix/app/v1/transactions/2", json={})).status == 200
         assert handled[-1] == "/_matrix/app/v1/transactions/2"
