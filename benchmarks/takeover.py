@@ -226,7 +226,6 @@ def main() -> int:
     document = {
         "benchmark": "takeover",
         "kills": args.kills,
-        "poll_interval_s": 1.0,
         "results": results,
         "wall_seconds": round(time.monotonic() - started, 1),
     }

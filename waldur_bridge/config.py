@@ -209,7 +209,7 @@ class Config(BaseBridgeConfig):
             "waldur.timeout",
             "waldur.sweep_interval",
             "waldur.events.interval",
-            "high_availability.poll_interval",
+            "high_availability.lock_wait",
             "high_availability.check_interval",
             "high_availability.ping_grace",
         ):

@@ -157,14 +157,14 @@ class Leadership:
         database_url: str,
         instance: Instance,
         *,
-        poll_interval: float = 1.0,
+        lock_wait: float = 10.0,
         check_interval: float = 2.0,
         on_lost: Callable[[], None] = lambda: None,
         on_active: Callable[[], None] = lambda: None,
     ) -> None:
         self.database_url = database_url
         self.instance = instance
-        self.poll_interval = poll_interval
+        self.lock_wait = lock_wait
         self.check_interval = check_interval
         self.on_lost = on_lost
         self.on_active = on_active
@@ -198,11 +198,13 @@ class Leadership:
                 await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_KEY)
             await conn.close()
 
-    async def _connect(self) -> Any:
+    async def _connect(self, **settings: str) -> Any:
         import asyncpg
 
         return await asyncpg.connect(
-            self.database_url, server_settings=LOCK_CONNECTION_SETTINGS, timeout=10
+            self.database_url,
+            server_settings={**LOCK_CONNECTION_SETTINGS, **settings},
+            timeout=10,
         )
 
     # endregion
@@ -225,18 +227,31 @@ class Leadership:
     async def _acquire_leader_lock(self) -> None:
         import asyncpg
 
+        # The standby waits inside pg_advisory_lock: the database grants the lock the moment
+        # the active instance's session ends (a clean stop, or its process killed), with no
+        # polling delay. lock_timeout ends each wait after lock_wait seconds, so a dead
+        # database connection is noticed and replaced.
         logged_waiting = False
         last_problem = ""
-        backoff = self.poll_interval
+        backoff = 1.0
         while True:
             try:
                 if self._conn is None or self._conn.is_closed():
-                    self._conn = await self._connect()
-                got = await asyncio.wait_for(
-                    self._conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_KEY),
-                    max(self.check_interval, 5.0),
-                )
-            except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+                    self._conn = await self._connect(
+                        lock_timeout=f"{int(self.lock_wait * 1000)}ms"
+                    )
+                got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_KEY)
+                if not got:
+                    if not logged_waiting:
+                        log.info(
+                            "Another instance is active; this one (%s) waits as a standby",
+                            self.instance.describe(),
+                        )
+                        logged_waiting = True
+                    await self._conn.execute("SELECT pg_advisory_lock($1)", LEADER_KEY)
+            except asyncpg.LockNotAvailableError:
+                continue  # lock_timeout: the connection works, wait again
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 problem = f"{type(e).__name__}: {e}"
                 if problem != last_problem:
                     log.warning(
@@ -249,16 +264,9 @@ class Leadership:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
-            backoff = self.poll_interval
-            if got:
-                break
-            if not logged_waiting:
-                log.info(
-                    "Another instance is active; this one (%s) waits as a standby",
-                    self.instance.describe(),
-                )
-                logged_waiting = True
-            await asyncio.sleep(self.poll_interval)
+            break
+        if last_problem:
+            log.info("The database is reachable again")
         self._conn.add_termination_listener(self._on_connection_closed)
         self._watch_task = asyncio.create_task(self._watch(), name="leadership-watch")
 
@@ -448,7 +456,7 @@ def install(bridge: WaldurBridge) -> Leadership:
     leadership = Leadership(
         config["appservice.database"],
         Instance.this_process(config["appservice.address"]),
-        poll_interval=float(config["high_availability.poll_interval"]),
+        lock_wait=float(config["high_availability.lock_wait"]),
         check_interval=float(config["high_availability.check_interval"]),
         on_lost=lambda: _stop_after_losing(bridge),
         on_active=lambda: setattr(bridge.az, "ready", True),

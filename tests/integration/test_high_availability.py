@@ -8,7 +8,6 @@ which is checked with the generous timeouts of the waits.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import signal
@@ -220,7 +219,7 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         await cluster.wait_live(b)
     except AssertionError:
         raise AssertionError(cluster.logs()) from None
-    await asyncio.sleep(3 * 1.0)  # three of the standby's lock polls
+    await wait_for(_waits_as_standby(b), 30, "the second instance to wait as a standby")
     assert await cluster.ready(a)
     assert await http_status(cluster.session, b.base_url + READY) == 503, cluster.logs()
     assert await cluster.metric("a", "waldur_bridge_active") == 1
@@ -294,6 +293,7 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         # SIGTERM handover: the old active comes back as a standby, the active stops cleanly.
         a2 = await cluster.start("a2", port_a)
         await cluster.wait_live(a2)
+        await wait_for(_waits_as_standby(a2), 30, "a2 to wait as a standby")
         assert not await cluster.ready(a2)
         term_at = time.monotonic()
         b.signal(signal.SIGTERM)
@@ -309,6 +309,7 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         # it steps down at once and exits for its supervisor to restart; the standby takes over.
         b2 = await cluster.start("b2", port_b)
         await cluster.wait_live(b2)
+        await wait_for(_waits_as_standby(b2), 30, "b2 to wait as a standby")
         cut_at = time.monotonic()
         await _terminate_lock_session(cluster.database, a2.pid)
         ready_at = await wait_status(cluster.session, b2.base_url + READY, 200, 60)
@@ -328,6 +329,13 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
             _no_repeated_membership(await cluster.timeline(room_id))
     finally:
         await tester.close()
+
+
+def _waits_as_standby(proc: BridgeProcess):
+    async def check() -> bool:
+        return "waits as a standby" in proc.output()
+
+    return check
 
 
 async def _has(cluster: Cluster, room: str, user_id: str) -> bool:
@@ -383,18 +391,18 @@ async def _check_instances(database: str, *, active: int, standby: int) -> None:
 
 
 async def _one_room_per_project(cluster: Cluster, rooms: dict[str, str]) -> None:
+    """Each project has exactly one room among the bot's rooms (by the project link state)."""
     joined = (await cluster.hs_request("GET", "/joined_rooms"))["joined_rooms"]
-    names = []
+    linked: list[str] = []
     for room_id in joined:
         try:
-            names.append(
-                (await cluster.hs_request("GET", f"/rooms/{room_id}/state/m.room.name"))["name"]
-            )
+            state = await cluster.hs_request("GET", f"/rooms/{room_id}/state/org.waldur.project")
         except aiohttp.ClientResponseError:
             continue
-    for name in ("Apollo", "Gemini"):
-        assert sum(1 for n in names if name in n) == 1, names
-    assert set(rooms.values()) <= set(joined)
+        linked.append(state["project_uuid"].replace("-", ""))
+    for project, room in rooms.items():
+        assert linked.count(project.replace("-", "")) == 1, (project, linked)
+        assert room in joined
 
 
 def _no_repeated_membership(timeline: list[dict[str, Any]]) -> None:
