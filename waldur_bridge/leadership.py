@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from mautrix.api import Method, Path
 from mautrix.errors import MatrixRequestError
 from mautrix.util.opt_prometheus import Counter, Gauge
 from yarl import URL
@@ -425,9 +426,14 @@ async def ping_until_reachable(bridge: WaldurBridge, grace: float) -> int | None
     deadline = time.monotonic() + grace
     delay = 0.5
     told = False
+    intent = bridge.az.intent
     while True:
         try:
-            duration = await bridge.az.ping_self()
+            # Without the client's own retries (4 s, 8 s, ...): this loop paces the attempts.
+            resp = await intent.api.request(
+                Method.POST, Path.v1.appservice[bridge.az.id].ping, content={}, retry_count=0
+            )
+            duration = int(resp.get("duration_ms") or -1)
         except MatrixRequestError as e:
             if e.errcode in ("M_UNKNOWN_TOKEN", "M_FORBIDDEN", "M_UNRECOGNIZED"):
                 return None  # not a reachability problem: the start-up check names it

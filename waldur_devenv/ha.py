@@ -9,6 +9,7 @@ points at it, and it forwards each request to the instance whose `/_matrix/mau/r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -42,12 +43,24 @@ async def http_status(
 
 
 class ReadyProxy:
-    """Forwards every request to the first backend that reports ready."""
+    """Forwards every request to the first backend that reports ready.
 
-    def __init__(self, port: int, backends: list[int]) -> None:
+    Without check_interval readiness is asked per request. With it, it is checked in the
+    background like haproxy or Kubernetes do: a backend counts as ready after `rise` successive
+    successful checks and stops at the first failure, so a new active instance is reached only
+    some time after it reports ready.
+    """
+
+    def __init__(
+        self, port: int, backends: list[int], *, check_interval: float | None = None, rise: int = 1
+    ) -> None:
         self.port = port
         self.backends = backends
+        self.check_interval = check_interval
+        self.rise = rise
         self.refused: list[str] = []  # paths answered 503 because no instance was ready
+        self._streak = dict.fromkeys(backends, 0)
+        self._checker: asyncio.Task | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -58,8 +71,23 @@ class ReadyProxy:
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        if self.check_interval is not None:
+            self._checker = asyncio.create_task(self._check_loop())
+
+    async def _check_loop(self) -> None:
+        assert self._session is not None and self.check_interval is not None
+        while True:
+            for port in self.backends:
+                url = f"http://127.0.0.1:{port}{READY}"
+                ok = await http_status(self._session, url, 0.5) == 200
+                self._streak[port] = self._streak[port] + 1 if ok else 0
+            await asyncio.sleep(self.check_interval)
 
     async def stop(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -67,6 +95,8 @@ class ReadyProxy:
 
     async def _ready_backend(self) -> int | None:
         assert self._session is not None
+        if self.check_interval is not None:
+            return next((p for p in self.backends if self._streak[p] >= self.rise), None)
         for port in self.backends:
             if await http_status(self._session, f"http://127.0.0.1:{port}{READY}", 0.5) == 200:
                 return port
