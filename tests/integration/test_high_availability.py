@@ -107,6 +107,14 @@ class Cluster:
                 "metrics.enabled": True,
                 "metrics.listen_port": self.metrics_ports[name],
                 "high_availability.ping_grace": 30.0,
+                # Every homeserver request in the log (mautrix logs them at DEBUG), to show
+                # that a standby makes none.
+                "logging.loggers": {
+                    "mau": {"level": "INFO"},
+                    "mau.as.api": {"level": "DEBUG"},
+                    "waldur": {"level": "INFO"},
+                    "aiohttp": {"level": "INFO"},
+                },
             },
         )
 
@@ -280,6 +288,11 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         print(f"\ntakeover after kill -9: {takeover:.2f} s")
         assert takeover < TAKEOVER_LIMIT, cluster.logs()
         assert "/_matrix/app/v1/transactions" in "".join(cluster.proxy.refused)
+        # While it was a standby, b sent no homeserver request and did not sweep Waldur.
+        as_standby = b.output().split("is now the active one")[0]
+        assert "waits as a standby" in as_standby
+        assert "req #" not in as_standby and "Sweep" not in as_standby, as_standby[-3000:]
+        assert "req #" in b.output()  # the log does show them once active
         # The balancer had not seen it ready yet: the ping was retried, not fatal.
         await wait_for(_logged(b, "The homeserver reaches this instance"), 60, "the ping")
         assert "Waiting for the homeserver to reach this instance" in b.output()
