@@ -131,7 +131,7 @@ async def postgres() -> AsyncIterator[str]:
 
 def _leadership(url: str, name: str, **kwargs: object) -> Leadership:
     return Leadership(
-        url, Instance(name, os.getpid(), ""), lock_wait=0.5, check_interval=0.2, **kwargs
+        url, Instance(name, os.getpid(), ""), lock_wait=0.5, check_interval=1.0, **kwargs
     )
 
 
