@@ -267,6 +267,11 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         await tester.join(room)
         first = await tester.send_text(room, "!help")
         await wait_for(lambda: cluster.replies_to(room, first), 30, "a reply before the kill")
+        # A transaction the active instance handles; replayed to the next active one below.
+        replayed = _command_transaction(room, user_id)
+        assert await _put_transaction(cluster, a, *replayed) == 200
+        replayed_event = replayed[1][0]["event_id"]
+        await wait_for(lambda: cluster.replies_to(room, replayed_event), 30, "its reply")
 
         # The gap: the active instance freezes (its readiness times out), a command and a grant
         # arrive, then it is killed with SIGKILL.
@@ -306,6 +311,9 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         await wait_for(lambda: _has(cluster, room, bob_puppet), 60, "the gap's grant joined")
         second_room = await wait_for(lambda: cluster.room_of(second), 60, "the new project's room")
         assert await cluster.metric("b", "waldur_bridge_active") == 1
+        # The homeserver retrying a transaction the dead instance had handled: acknowledged,
+        # not handled again (the table of handled transactions is shared).
+        assert await _put_transaction(cluster, b, *replayed) == 200
         assert await cluster.metric("b", "waldur_bridge_takeovers_total") == 1
 
         # SIGTERM handover: the old active comes back as a standby, the active stops cleanly.
@@ -341,6 +349,7 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         # Exactly once: the gap's command has one reply; one room per project; nobody invited,
         # joined or removed twice.
         assert len(await cluster.replies_to(room, during_gap)) == 1
+        assert len(await cluster.replies_to(room, replayed_event)) == 1
         assert len(replies) == 1
         await _one_room_per_project(cluster, {project: room, second: second_room})
         for room_id in (room, second_room):
@@ -371,6 +380,29 @@ async def _has(cluster: Cluster, room: str, user_id: str) -> bool:
 
 async def _not_ready_via_proxy(cluster: Cluster) -> bool:
     return await cluster.proxy._ready_backend() is None
+
+
+def _command_transaction(room: str, sender: str) -> tuple[str, list[dict[str, Any]]]:
+    event = {
+        "type": "m.room.message",
+        "room_id": room,
+        "sender": sender,
+        "event_id": f"$replayed-{secrets.token_hex(8)}",
+        "origin_server_ts": int(time.time() * 1000),
+        "content": {"msgtype": "m.text", "body": "!help"},
+    }
+    return f"replayed-{secrets.token_hex(4)}", [event]
+
+
+async def _put_transaction(
+    cluster: Cluster, proc: BridgeProcess, txn_id: str, events: list[dict[str, Any]]
+) -> int:
+    async with cluster.session.put(
+        f"{proc.base_url}/_matrix/app/v1/transactions/{txn_id}",
+        json={"events": events},
+        headers={"Authorization": f"Bearer {cluster.hs.hs_token}"},
+    ) as resp:
+        return resp.status
 
 
 async def _terminate_lock_session(database: str, bridge_pid: int) -> None:
