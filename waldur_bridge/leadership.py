@@ -500,8 +500,17 @@ def install(bridge: WaldurBridge) -> Leadership:
     return leadership
 
 
+_step_downs: set[asyncio.Future] = set()
+
+
 def _stop_after_losing(bridge: WaldurBridge) -> None:
     bridge.az.ready = False
+    # Another instance may be active already: cut the reconciles in progress now rather than
+    # letting them finish as a clean stop does.
+    if hasattr(bridge, "sync"):
+        task = asyncio.ensure_future(bridge.sync.stop(grace=0))
+        _step_downs.add(task)  # a reference, so the task is not collected before it ran
+        task.add_done_callback(_step_downs.discard)
     start_task = getattr(bridge, "_start_task", None)
     if start_task is not None and not start_task.done():
         start_task.cancel()
