@@ -226,3 +226,36 @@ async def fresh_postgres_database(admin_url: str) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+class Haproxy:
+    """haproxy with the repository's deploy/haproxy/haproxy.cfg, ports moved to free ones."""
+
+    def __init__(self, config: Path, workdir: Path, port: int, backends: list[int]) -> None:
+        text = config.read_text().replace("bind :29334", f"bind 127.0.0.1:{port}")
+        for default, backend in zip((29335, 29336), backends, strict=True):
+            text = text.replace(f"127.0.0.1:{default}", f"127.0.0.1:{backend}")
+        self.config_path = workdir / "haproxy.cfg"
+        self.config_path.write_text(text)
+        self.log_path = workdir / "haproxy.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self._log: Any = None
+
+    async def start(self, binary: str = "haproxy") -> None:
+        self._log = self.log_path.open("ab")
+        # -db: stay in the foreground; logs go to stdout (the config's "log stdout").
+        self.proc = await asyncio.create_subprocess_exec(
+            binary, "-db", "-f", str(self.config_path), stdout=self._log, stderr=self._log
+        )
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None

@@ -1,15 +1,16 @@
 """High availability: two real bridge processes on one real PostgreSQL and a real Synapse whose
 registration URL points at a proxy that forwards to whichever instance is ready.
 
-Also the SQLite refusal of a second instance. Timings are printed (run with -s to see them);
-they are measured, not compared with fixed bounds, except the issue's 15 s takeover promise,
-which is checked with the generous timeouts of the waits.
+Also the example haproxy config in front of two instances, and the SQLite refusal of a second
+instance. Timings are printed (run with -s to see them), never compared with fixed bounds; the
+issue's promise (a standby ready within 15 s) is the timeout of the wait for it.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,7 @@ from waldur_devenv.ha import (
     LIVE,
     READY,
     BridgeProcess,
+    Haproxy,
     ReadyProxy,
     fresh_postgres_database,
     http_status,
@@ -47,6 +49,7 @@ from .helpers import FAST_FEEDS, BridgeEnv, wait_for
 POSTGRES_ENV = "WALDUR_BRIDGE_TEST_POSTGRES"
 # The issue's promise: a standby is active and ready within 15 s of the active one dying.
 TAKEOVER_LIMIT = 15.0
+HAPROXY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 
 
 def _postgres_url() -> str:
@@ -212,6 +215,70 @@ async def cluster(
             await sim.stop()
 
 
+@pytest.fixture(params=["7.0", "current"])
+async def haproxy_cluster(
+    request: pytest.FixtureRequest, ha_homeserver: AppserviceHomeserver, tmp_path: Path
+) -> AsyncIterator[Cluster]:
+    """Two instances behind haproxy with deploy/haproxy/haproxy.cfg (only the ports moved)."""
+    binary = shutil.which("haproxy")
+    if binary is None:
+        pytest.skip("haproxy is not installed")
+    pg = _postgres_url()
+    sim = WaldurSimulator(generation=request.param)
+    await sim.start()
+    ports = [free_port(), free_port()]
+    haproxy = Haproxy(HAPROXY_CONFIG, tmp_path, ha_homeserver.as_port, ports)
+    await haproxy.start(binary)
+    async with (
+        fresh_postgres_database(pg) as database,
+        aiohttp.ClientSession() as session,
+    ):
+        # The ReadyProxy only carries the backend ports here; haproxy does the routing.
+        cluster = Cluster(ha_homeserver, sim, database, tmp_path, session, ReadyProxy(0, ports))
+        try:
+            yield cluster
+        finally:
+            for proc in cluster.instances.values():
+                await proc.kill()
+            await haproxy.stop()
+            await sim.stop()
+
+
+async def test_the_example_haproxy_config_routes_to_the_active_instance(
+    haproxy_cluster: Cluster,
+) -> None:
+    cluster, sim, hs = haproxy_cluster, haproxy_cluster.sim, haproxy_cluster.hs
+    org = sim.add_customer("Acme Research")
+    project = sim.add_project(org, "Apollo", "Telescope pipeline")
+    port_a, port_b = cluster.proxy.backends
+    a = await cluster.start("a", port_a)
+    await wait_status(cluster.session, a.base_url + READY, 200, 60)
+    b = await cluster.start("b", port_b)
+    await wait_for(_waits_as_standby(b), 30, "b to wait as a standby")
+    room = await wait_for(lambda: cluster.room_of(project), 60, "the portal of the project")
+
+    user_id, token = await hs.register_user(f"tester{secrets.token_hex(3)}", "password")
+    tester = MatrixTestUser(hs.url, user_id, token)
+    try:
+        await cluster.hs_request("POST", f"/rooms/{room}/invite", {"user_id": user_id})
+        await tester.join(room)
+        before = await tester.send_text(room, "!help")
+        await wait_for(lambda: cluster.replies_to(room, before), 30, "a reply through haproxy")
+        killed_at = time.monotonic()
+        a.signal(signal.SIGKILL)
+        await a.wait()
+        after = await tester.send_text(room, "!help")
+        await wait_for(lambda: cluster.replies_to(room, after), 120, "a reply after the kill")
+        delay = time.monotonic() - killed_at
+        print(f"\nhaproxy: a command sent after kill -9 was answered {delay:.2f} s after it")
+        assert len(await cluster.replies_to(room, after)) == 1
+        # b's ping after the takeover went through haproxy to b.
+        await wait_for(_logged(b, "The homeserver reaches this instance"), 120, "b's ping")
+        print(f"haproxy: b pinged through it {time.monotonic() - killed_at:.2f} s after the kill")
+    finally:
+        await tester.close()
+
+
 async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> None:
     sim, hs = cluster.sim, cluster.hs
     org = sim.add_customer("Acme Research")
@@ -288,10 +355,13 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         killed_at = time.monotonic()
         a.signal(signal.SIGKILL)
         await a.wait()
-        ready_at = await wait_status(cluster.session, b.base_url + READY, 200, 60)
+        # The issue's promise (ready within 15 s) is the wait's timeout, not a timing assert.
+        try:
+            ready_at = await wait_status(cluster.session, b.base_url + READY, 200, TAKEOVER_LIMIT)
+        except AssertionError:
+            raise AssertionError(cluster.logs()) from None
         takeover = ready_at - killed_at
         print(f"\ntakeover after kill -9: {takeover:.2f} s")
-        assert takeover < TAKEOVER_LIMIT, cluster.logs()
         assert "/_matrix/app/v1/transactions" in "".join(cluster.proxy.refused)
         # While it was a standby, b sent no homeserver request and did not sweep Waldur.
         as_standby = b.output().split("is now the active one")[0]
@@ -323,9 +393,8 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         assert not await cluster.ready(a2)
         term_at = time.monotonic()
         b.signal(signal.SIGTERM)
-        ready_at = await wait_status(cluster.session, a2.base_url + READY, 200, 60)
+        ready_at = await wait_status(cluster.session, a2.base_url + READY, 200, TAKEOVER_LIMIT)
         print(f"takeover after SIGTERM: {ready_at - term_at:.2f} s")
-        assert ready_at - term_at < TAKEOVER_LIMIT
         assert await b.wait() == 0, b.output()[-3000:]
         assert "Traceback" not in b.output()
         after = await tester.send_text(room, "!help")
