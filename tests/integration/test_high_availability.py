@@ -415,6 +415,15 @@ async def test_standby_takes_over_after_kill_and_sigterm(cluster: Cluster) -> No
         last = await tester.send_text(room, "!help")
         await wait_for(lambda: cluster.replies_to(room, last), 60, "a reply after the step-down")
 
+        # A standby stops cleanly on SIGTERM too (it was waiting inside the lock request).
+        a3 = await cluster.start("a3", port_a)
+        await cluster.wait_live(a3)
+        await wait_for(_waits_as_standby(a3), 30, "a3 to wait as a standby")
+        a3.signal(signal.SIGTERM)
+        assert await a3.wait() == 0, a3.output()[-3000:]
+        assert "Traceback" not in a3.output()
+        assert await cluster.ready(b2)
+
         # Exactly once: the gap's command has one reply; one room per project; nobody invited,
         # joined or removed twice.
         assert len(await cluster.replies_to(room, during_gap)) == 1
