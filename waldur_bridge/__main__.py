@@ -16,6 +16,12 @@ from .commands import admin as _admin, room as _room  # noqa: F401  (registers h
 from .commands.handler import RateLimiter, remove_builtins
 from .config import Config, ConfigError
 from .db import init as init_db, upgrade_table
+from .leadership import (
+    EXIT_SQLITE_IN_USE,
+    AnotherInstance,
+    Leadership,
+    install as install_leadership,
+)
 from .management import ManagementRoom
 from .matrix import MatrixHandler
 from .portal import Portal
@@ -49,6 +55,7 @@ class WaldurBridge(Bridge):
     sync: SyncService
     management: ManagementRoom
     webhook: WebhookReceiver | None = None
+    leadership: Leadership
     room_command_limiter: RateLimiter
 
     def prepare_arg_parser(self) -> None:
@@ -115,6 +122,15 @@ class WaldurBridge(Bridge):
         self.sync = SyncService(self)
         self.management = ManagementRoom(self)
         mount_web(self)
+        self.leadership = install_leadership(self)
+
+    async def start_db(self) -> None:
+        try:
+            async with self.leadership.claim_database():
+                await super().start_db()
+        except AnotherInstance as e:
+            self.log.critical("%s", e)
+            sys.exit(EXIT_SQLITE_IN_USE)
 
     async def start(self) -> None:
         await super().start()
@@ -129,11 +145,15 @@ class WaldurBridge(Bridge):
         await self.management.notify(text)
 
     async def stop(self) -> None:
+        # Handover: stop taking work at once; the lock is freed after the work in progress.
+        self.leadership.stand_down()
+        self.az.ready = False
         runner = self.az.runner
         if runner is not None:
             # Synapse keeps its transaction connection open; aiohttp would wait 60 s for it.
             runner._shutdown_timeout = 5.0
         await super().stop()
+        await self.leadership.release()
 
     def prepare_stop(self) -> None:
         self.add_shutdown_actions(self.sync.stop(), self.waldur.close())
@@ -150,7 +170,7 @@ class WaldurBridge(Bridge):
         """
         loop = self.loop
         self._stop_task = loop.create_future()
-        start_task = loop.create_task(self.start())
+        start_task = self._start_task = loop.create_task(self.start())
 
         def on_signal(signum: int) -> None:
             if self._stop_task.done():

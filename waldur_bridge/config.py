@@ -342,7 +342,14 @@ class Config(BaseBridgeConfig):
                 "bridge.membership.max_removal_share: must be between 0 and 1 "
                 f"(a share of the room's managed members), got {share!r}."
             )
-        for key in ("waldur.timeout", "waldur.sweep_interval", "waldur.events.interval"):
+        for key in (
+            "waldur.timeout",
+            "waldur.sweep_interval",
+            "waldur.events.interval",
+            "high_availability.lock_wait",
+            "high_availability.check_interval",
+            "high_availability.ping_grace",
+        ):
             value = self.get(key, 1)
             if isinstance(value, (int, float)) and value <= 0:
                 problems.append(f"{key}: must be a positive number of seconds, got {value!r}.")

@@ -17,6 +17,7 @@ from mautrix.errors import MatrixRequestError, MUnknownToken
 
 from .db import Cursor, Portal
 from .db.upgrade.v00_latest_revision import LATEST_REVISION
+from .leadership import describe_instances
 from .startup import ping_bridge
 from .waldur import WaldurAuthError, WaldurError
 
@@ -55,6 +56,7 @@ async def run_diagnostics(bridge: WaldurBridge) -> list[Check]:
         ("Waldur web hook registered", lambda: _webhook(bridge)),
         ("Events poll", lambda: _events(bridge)),
         ("Database", lambda: _database(bridge)),
+        ("Instances", lambda: describe_instances()),
         ("Rooms", lambda: _rooms()),
         ("Encryption", lambda: _encryption(bridge)),
     ]

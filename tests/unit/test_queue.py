@@ -209,3 +209,47 @@ async def test_expected_failures_are_one_warning_line(caplog) -> None:
     assert len(records) == 1
     assert records[0].levelname == "WARNING" and records[0].exc_info is None
     assert "Waldur answered 503" in records[0].getMessage()
+
+
+async def test_stop_lets_the_run_in_progress_finish_and_starts_nothing_new() -> None:
+    started: list[str] = []
+    finished: list[str] = []
+    release = asyncio.Event()
+    running = asyncio.Event()
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        started.append(key)
+        running.set()
+        await release.wait()
+        finished.append(key)
+
+    queue = CoalescingQueue(worker, concurrency=1)
+    queue.start()
+    queue.request("p1", "hook")
+    await asyncio.wait_for(running.wait(), 30)
+    queue.request("p2", "hook")  # waits behind p1: must not start once stopping
+    stopping = asyncio.create_task(queue.stop(grace=30))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()
+    release.set()
+    await asyncio.wait_for(stopping, 30)
+    assert started == ["p1"]
+    assert finished == ["p1"]
+
+
+async def test_stop_cancels_a_run_that_outlasts_the_grace() -> None:
+    cancelled = asyncio.Event()
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    queue = CoalescingQueue(worker, concurrency=1)
+    queue.start()
+    queue.request("p1", "hook")
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(queue.stop(grace=0.1), 30)
+    assert cancelled.is_set()

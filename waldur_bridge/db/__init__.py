@@ -8,6 +8,7 @@ from .audit import AuditEntry
 from .base import Table
 from .cursor import Cursor
 from .held import HeldRemoval
+from .instance import BridgeInstance
 from .member import PortalMember
 from .portal import Portal
 from .puppet import Puppet
@@ -24,6 +25,7 @@ def init(db: Database) -> None:
 __all__ = [
     "AppserviceTxn",
     "AuditEntry",
+    "BridgeInstance",
     "BridgeState",
     "Cursor",
     "HeldRemoval",

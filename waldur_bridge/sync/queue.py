@@ -14,6 +14,7 @@ ready hints, so a sweep over every room never delays the room a web hook asked a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -67,6 +68,8 @@ class CoalescingQueue:
         self._running: set[str] = set()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self._run_done = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self.runs = 0
@@ -133,12 +136,22 @@ class CoalescingQueue:
         return len(self._pending) + len(self._running)
 
     def start(self) -> None:
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._run(), name=f"{self._name}-{i}")
             for i in range(self._concurrency)
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop the workers. Runs in progress may finish first (up to grace seconds), so that a
+        handover to another instance does not cut a room's changes in half; nothing new starts."""
+        self._stopping = True
+        self._wakeup.set()
+        deadline = time.monotonic() + grace
+        while self._running and (remaining := deadline - time.monotonic()) > 0:
+            self._run_done.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._run_done.wait(), remaining)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -171,7 +184,7 @@ class CoalescingQueue:
 
     async def _run(self) -> None:
         while True:
-            key, wait = self._next_ready()
+            key, wait = (None, None) if self._stopping else self._next_ready()
             if key is None:
                 if not self._pending and not self._running:
                     self._idle.set()
@@ -206,4 +219,5 @@ class CoalescingQueue:
             finally:
                 self.runs += 1
                 self._running.discard(key)
+                self._run_done.set()
                 self._wakeup.set()

@@ -142,11 +142,12 @@ class SyncService:
         if self.config["waldur.webhook.enabled"] and self.config["waldur.webhook.register"]:
             self._tasks.append(asyncio.create_task(self.register_webhook(), name="waldur-hook"))
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop the feeds; the reconciles in progress may finish within grace seconds."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.queue.stop()
+        await self.queue.stop(grace)
         await self.sessions.stop()
         self.expiry.cancel_all()
 

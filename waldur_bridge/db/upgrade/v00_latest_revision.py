@@ -6,7 +6,7 @@ from mautrix.util.async_db import Connection, Scheme
 
 from . import upgrade_table
 
-LATEST_REVISION = 1
+LATEST_REVISION = 2
 
 
 @upgrade_table.register(description="Latest revision", upgrades_to=LATEST_REVISION)
@@ -123,5 +123,21 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
             cause        TEXT NOT NULL DEFAULT '',
             created_at   BIGINT NOT NULL,
             UNIQUE (project_uuid, mxid)
+        )"""
+    )
+    await create_bridge_instance(conn)
+
+
+async def create_bridge_instance(conn: Connection) -> None:
+    # One row per running instance, refreshed by heartbeats: which is active, which wait.
+    await conn.execute(
+        """CREATE TABLE bridge_instance (
+            instance_id  TEXT PRIMARY KEY,
+            host         TEXT NOT NULL,
+            pid          INTEGER NOT NULL,
+            address      TEXT NOT NULL DEFAULT '',
+            role         TEXT NOT NULL,
+            started_at   BIGINT NOT NULL,
+            heartbeat_at BIGINT NOT NULL
         )"""
     )

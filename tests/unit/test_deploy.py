@@ -1,0 +1,173 @@
+"""The example deployments under deploy/: YAML syntax, the pieces agree with each other, the
+bridge accepts the config they give it, and registration.yaml.j2 renders their registration.
+
+No Kubernetes runs here: what the cluster would do with the manifests is not checked.
+"""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+from ruamel.yaml import YAML
+
+from waldur_bridge.config import Config
+from waldur_devenv.testing import BASE_CONFIG
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = REPO_ROOT / "deploy"
+KUBERNETES = DEPLOY / "kubernetes"
+
+
+def _load_all(path: Path) -> list[Any]:
+    return [doc for doc in YAML(typ="safe", pure=True).load_all(path.read_text()) if doc]
+
+
+def _manifests() -> dict[str, dict[str, Any]]:
+    by_kind: dict[str, dict[str, Any]] = {}
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        for doc in _load_all(path):
+            assert "kind" in doc and "apiVersion" in doc, path
+            by_kind[doc["kind"]] = doc
+    return by_kind
+
+
+def _bridge_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """The config the Deployment's pods run with: the ConfigMap's file plus the Secret's env."""
+    manifests = _manifests()
+    for key, value in manifests["Secret"]["stringData"].items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "config.yaml"
+    path.write_text(manifests["ConfigMap"]["data"]["config.yaml"])
+    # As the bridge builds it (mautrix's Bridge uses the module name as the env prefix).
+    config = Config(str(path), "", BASE_CONFIG, env_prefix="WALDUR_BRIDGE")
+    config.load()
+    config.update(save=False)
+    return config
+
+
+def test_kubernetes_manifests_parse_and_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifests = _manifests()
+    assert set(manifests) >= {"Secret", "ConfigMap", "Deployment", "Service", "Kustomization"}
+    listed = set(manifests["Kustomization"]["resources"])
+    assert listed == {p.name for p in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
+
+    deployment = manifests["Deployment"]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    pod = spec["template"]
+    assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/_matrix/mau/ready",
+        "port": "appservice",
+    }
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/_matrix/mau/live",
+        "port": "appservice",
+    }
+    assert container["envFrom"] == [
+        {"secretRef": {"name": manifests["Secret"]["metadata"]["name"]}}
+    ]
+    # -n: the config is a read-only ConfigMap; the bridge must not try to rewrite it.
+    assert container["command"][-1] == "-n"
+    mount = container["volumeMounts"][0]
+    assert container["command"][2] == f"{mount['mountPath']}/config.yaml"
+    assert (
+        pod["spec"]["volumes"][0]["configMap"]["name"]
+        == manifests["ConfigMap"]["metadata"]["name"]
+    )
+    # Longer than the bridge's own bounded stop, so a handover is never cut by SIGKILL.
+    from waldur_bridge.__main__ import STOP_TIMEOUT
+
+    assert pod["spec"]["terminationGracePeriodSeconds"] > STOP_TIMEOUT
+
+    service = manifests["Service"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] == "appservice"
+
+    config = _bridge_config(tmp_path, monkeypatch)
+    assert ports["appservice"] == config["appservice.port"]
+    assert ports["metrics"] == config["metrics.listen_port"]
+    name = service["metadata"]["name"]
+    assert config["appservice.address"] == f"http://{name}:{service_port['port']}"
+
+
+def test_the_bridge_accepts_the_deployment_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _bridge_config(tmp_path, monkeypatch)
+    config.validate()  # raises ConfigError naming every problem
+    assert config["appservice.database"].startswith("postgres://")  # several instances need it
+    assert config["appservice.hostname"] == "0.0.0.0"
+    assert config["waldur.token"] == "CHANGE-ME-waldur-api-token"
+
+
+def test_registration_template_renders_the_deployment_registration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    variables = YAML(typ="safe", pure=True).load((DEPLOY / "registration-vars.yaml").read_text())
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    text = env.from_string((REPO_ROOT / "registration.yaml.j2").read_text()).render(**variables)
+    registration = YAML(typ="safe", pure=True).load(text)
+    config = _bridge_config(tmp_path, monkeypatch)
+    assert registration["url"] == config["appservice.address"]
+    assert registration["id"] == config["appservice.id"]
+    assert registration["as_token"] == config["appservice.as_token"]
+    assert registration["hs_token"] == config["appservice.hs_token"]
+    assert registration["sender_localpart"] == config["appservice.bot_username"]
+    assert registration["namespaces"]["users"][1]["regex"].endswith(
+        config["homeserver.domain"].replace(".", "\\.")
+    )
+
+
+def _unit(path: Path) -> configparser.RawConfigParser:
+    # systemd allows repeated keys (EnvironmentFile=); strict=False keeps parsing them.
+    parser = configparser.RawConfigParser(strict=False, delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(path.read_text())
+    return parser
+
+
+def test_systemd_units_and_haproxy_agree() -> None:
+    unit = _unit(DEPLOY / "systemd" / "waldur-bridge@.service")
+    assert set(unit.sections()) == {"Unit", "Service", "Install"}
+    exec_start = unit["Service"]["ExecStart"].split()
+    assert exec_start[-3:-1] == ["-c", "/etc/waldur-bridge/config.yaml"] and exec_start[-1] == "-n"
+    assert unit["Service"]["Restart"] == "always"
+    assert int(unit["Service"]["TimeoutStopSec"]) > 30
+
+    ports = []
+    for name in ("a", "b"):
+        values = {}
+        for line in (DEPLOY / "systemd" / f"{name}.env").read_text().splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                values[key] = value
+        ports.append(int(values["WALDUR_BRIDGE_APPSERVICE_PORT"].removeprefix("json::")))
+    haproxy = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    assert "http-check send meth GET uri /_matrix/mau/ready" in haproxy
+    servers = [
+        line.split()[2] for line in haproxy.splitlines() if line.strip().startswith("server ")
+    ]
+    assert servers == [f"127.0.0.1:{port}" for port in ports]
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_haproxy_accepts_its_config() -> None:
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(DEPLOY / "haproxy" / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
