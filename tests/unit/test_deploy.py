@@ -7,6 +7,7 @@ No Kubernetes runs here: what the cluster would do with the manifests is not che
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -162,7 +163,11 @@ def test_systemd_units_and_haproxy_agree() -> None:
     assert servers == [f"127.0.0.1:{port}" for port in ports]
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None
+    and os.environ.get("CI", "").strip().lower() not in {"1", "true", "yes"},
+    reason="haproxy is not installed (.ci/run installs it)",
+)
 def test_haproxy_accepts_its_config() -> None:
     result = subprocess.run(
         ["haproxy", "-c", "-f", str(DEPLOY / "haproxy" / "haproxy.cfg")],
