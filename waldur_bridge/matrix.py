@@ -13,6 +13,7 @@ from mautrix.types import (
     EventType,
     MessageEventContent,
     RoomID,
+    StateEvent,
     UserID,
 )
 
@@ -157,6 +158,8 @@ class MatrixHandler(BaseMatrixHandler):
         portal = await po.Portal.get_by_room(room_id)
         if portal is not None:
             await self.bridge.sync.on_member_left(portal, user_id, voluntarily=True)
+        elif (space := self.bridge.sync.spaces.space_of_room(room_id)) is not None:
+            await self.bridge.sync.spaces.on_member_left(space, user_id, voluntarily=True)
 
     async def handle_kick(
         self, room_id: RoomID, user_id: UserID, kicked_by: UserID, reason: str, event_id: EventID
@@ -164,6 +167,9 @@ class MatrixHandler(BaseMatrixHandler):
         portal = await po.Portal.get_by_room(room_id)
         if portal is not None and kicked_by != self.az.bot_mxid:
             await self.bridge.sync.on_member_left(portal, user_id, voluntarily=False)
+        space = self.bridge.sync.spaces.space_of_room(room_id)
+        if space is not None and kicked_by != self.az.bot_mxid:
+            await self.bridge.sync.spaces.on_member_left(space, user_id, voluntarily=False)
 
     async def handle_invite(
         self, room_id: RoomID, user_id: UserID, inviter: u.User, event: Event
@@ -171,6 +177,8 @@ class MatrixHandler(BaseMatrixHandler):
         portal = await po.Portal.get_by_room(room_id)
         if portal is not None:
             await self.bridge.sync.on_member_invited(portal, user_id, inviter.mxid)
+        elif (space := self.bridge.sync.spaces.space_of_room(room_id)) is not None:
+            await self.bridge.sync.spaces.on_member_invited(space, user_id, inviter.mxid)
 
     async def handle_puppet_invite(
         self, room_id: RoomID, puppet: Any, invited_by: u.User, evt: Event
@@ -179,5 +187,11 @@ class MatrixHandler(BaseMatrixHandler):
         portal = await po.Portal.get_by_room(room_id)
         if portal is not None:
             await self.bridge.sync.on_member_invited(portal, puppet.mxid, invited_by.mxid)
+        elif (space := self.bridge.sync.spaces.space_of_room(room_id)) is not None:
+            await self.bridge.sync.spaces.on_member_invited(space, puppet.mxid, invited_by.mxid)
+
+    async def handle_state_event(self, evt: StateEvent) -> None:
+        # What the bridge owns in its rooms goes back when changed by hand (sync/drift.py).
+        await self.bridge.sync.drift.on_state_event(evt)
 
     # endregion

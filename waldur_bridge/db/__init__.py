@@ -11,6 +11,7 @@ from .held import HeldRemoval
 from .member import PortalMember
 from .portal import Portal
 from .puppet import Puppet
+from .space import CustomerSpace, PortalDecoration, SpaceMember
 from .state import BridgeState
 from .txn import AppserviceTxn
 from .upgrade import upgrade_table
@@ -25,11 +26,14 @@ __all__ = [
     "AppserviceTxn",
     "AuditEntry",
     "BridgeState",
+    "CustomerSpace",
     "Cursor",
     "HeldRemoval",
     "Portal",
+    "PortalDecoration",
     "PortalMember",
     "Puppet",
+    "SpaceMember",
     "User",
     "init",
     "upgrade_table",

@@ -50,6 +50,17 @@ class Result:
     outcome: Outcome
     # (display name, role name, gained) for people whose roles changed, read from Waldur.
     role_changes: list[tuple[str, str, bool]] = field(default_factory=list)
+    # What was wanted, per Matrix ID (the organization's space is built from these).
+    team: Team | None = None
+
+
+@dataclass
+class Team:
+    desired: DesiredRoom
+    puppets: dict[str, Puppet]
+    displaynames: dict[str, str]
+    signatures: dict[str, str]
+    user_uuids: dict[str, str]
 
 
 class Reconciler:
@@ -318,7 +329,8 @@ class Reconciler:
         changes = await self._track_roles(
             portal, result, records, signatures, displaynames, puppets
         )
-        return Result(result, outcome, changes)
+        team = Team(desired, puppets, displaynames, signatures, user_uuids)
+        return Result(result, outcome, changes, team)
 
     async def _track_roles(
         self,

@@ -25,11 +25,13 @@ from .changes import (
     hint_from_event,
 )
 from .directory import ProjectGone, ProjectView, WaldurDirectory
+from .drift import DriftGuard
 from .executor import PlanExecutor
 from .planner import Plan
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
 from .queue import CoalescingQueue
 from .reconciler import Reconciler, Result
+from .spaces import SpaceSync
 
 if TYPE_CHECKING:
     from ..__main__ import WaldurBridge
@@ -100,10 +102,13 @@ class SyncService:
         self._reported_holds: dict[str, frozenset[str]] = {}
         # Last state told to each order's room, so a change reported twice is told once.
         self._order_states: dict[str, str] = {}
+        self.spaces = SpaceSync(bridge, self)
+        self.drift = DriftGuard(bridge, self)
 
     # region lifecycle
 
     async def start(self) -> None:
+        await self.spaces.start()
         self.queue.start()
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="waldur-sweep"))
         if self.config["waldur.events.enabled"]:
@@ -116,9 +121,12 @@ class SyncService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.stop()
+        await self.spaces.stop()
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         await self.queue.wait_idle(timeout)
+        # Portal reconciles queue their organization's space; spaces queue nothing back.
+        await self.spaces.wait_idle(timeout)
 
     # endregion
     # region feeds
@@ -233,6 +241,7 @@ class SyncService:
                     queued.add(project.uuid)
             for project_uuid in queued:
                 self.request_project(project_uuid, SWEEP)
+            await self.spaces.on_sweep()
             SWEEPS.labels(outcome="ok").inc()
             self.last_sweep = {
                 "finished": time.time(),
@@ -304,6 +313,7 @@ class SyncService:
         # first sweep after start and every change Waldur reports read the room fresh.
         cached = reasons == {SWEEP} and self._sweeps > 1
         result = await self.reconciler.reconcile(portal, view, cached_state=cached)
+        await self.spaces.after_portal(portal, view, result, reasons)
         await self._report_holds(portal, result)
         await self._role_notices(portal, result)
         if result.outcome.failed:
@@ -408,7 +418,9 @@ class SyncService:
             await portal.send_reply(room_closed_notice(reason))
         except Exception as e:
             log.warning("Could not post the closing notice in %s: %s", portal.room_id, e)
-        return await self._close(portal, reason)
+        result = await self._close(portal, reason)
+        await self.spaces.portal_closed(portal)
+        return result
 
     async def _close(self, portal: Portal, reason: str) -> Result:
         view = ProjectView(self._gone_project(portal), [], {}, {}, complete=True)
