@@ -104,7 +104,7 @@ class WaldurBridge(Bridge):
         Puppet.init_cls(self)
         Portal.init_cls(self)
         self.room_command_limiter = RateLimiter(cfg["bridge.commands.rate_limit_per_minute"])
-        self.room_versions = RoomVersions(self.az.intent.api, cfg["bridge.portals.room_version"])
+        self.room_versions = RoomVersions(self.az, cfg["bridge.portals.room_version"])
         self.sync = SyncService(self)
         self.management = ManagementRoom(self)
         mount_web(self)

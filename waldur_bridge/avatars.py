@@ -7,7 +7,7 @@ import hashlib
 import logging
 from typing import Protocol
 
-from mautrix.appservice import IntentAPI
+from mautrix.appservice import AppService
 from mautrix.types import EventType, RoomID
 
 from .waldur import WaldurClient, WaldurError
@@ -26,9 +26,9 @@ class AvatarRecord(Protocol):
 
 
 class Avatars:
-    def __init__(self, waldur: WaldurClient, intent: IntentAPI) -> None:
+    def __init__(self, waldur: WaldurClient, az: AppService) -> None:
         self.waldur = waldur
-        self.intent = intent
+        self.az = az
         self.uploads = 0
         # Image URLs that failed, so each problem is logged once, not every sweep.
         self._reported: set[str] = set()
@@ -43,7 +43,7 @@ class Avatars:
         if not image_url:
             if record.avatar_mxc is None and record.avatar_url is None:
                 return False
-            await self.intent.send_state_event(room, EventType.ROOM_AVATAR, {})
+            await self.az.intent.send_state_event(room, EventType.ROOM_AVATAR, {})
             log.info("Removed the avatar of %s (the image was removed in Waldur)", room_id)
             record.avatar_url = record.avatar_hash = record.avatar_mxc = None
             return True
@@ -67,11 +67,11 @@ class Avatars:
             record.avatar_url = image_url
             return True
         extension = content_type.rsplit("/", 1)[-1]
-        mxc = await self.intent.upload_media(
+        mxc = await self.az.intent.upload_media(
             data, mime_type=content_type, filename=f"avatar.{extension}"
         )
         self.uploads += 1
-        await self.intent.send_state_event(room, EventType.ROOM_AVATAR, {"url": mxc})
+        await self.az.intent.send_state_event(room, EventType.ROOM_AVATAR, {"url": mxc})
         log.info("Set the avatar of %s from Waldur's image", room_id)
         record.avatar_url, record.avatar_hash, record.avatar_mxc = image_url, digest, str(mxc)
         return True

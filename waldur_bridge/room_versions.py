@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from mautrix.api import HTTPAPI, Method, Path
+from mautrix.api import Method, Path
+from mautrix.appservice import AppService
 
 log = logging.getLogger("waldur.room_versions")
 
@@ -14,8 +15,8 @@ AUTO = "auto"
 
 
 class RoomVersions:
-    def __init__(self, api: HTTPAPI, setting: str) -> None:
-        self.api = api
+    def __init__(self, az: AppService, setting: str) -> None:
+        self.az = az
         self.setting = str(setting)
         self._default: str | None = None
 
@@ -25,7 +26,7 @@ class RoomVersions:
         if self.setting != AUTO:
             return self.setting
         if self._default is None:
-            caps = await self.api.request(Method.GET, Path.v3.capabilities)
+            caps = await self.az.intent.api.request(Method.GET, Path.v3.capabilities)
             versions = (caps.get("capabilities") or {}).get("m.room_versions") or {}
             default = versions.get("default")
             available = versions.get("available") or {}

@@ -80,7 +80,7 @@ class SpaceSync:
             base_delay=5.0,
             name="spaces",
         )
-        self.avatars = Avatars(bridge.waldur, bridge.az.intent)
+        self.avatars = Avatars(bridge.waldur, bridge.az)
         self.teams: dict[str, PortalTeam] = {}
         self.customers: dict[str, Customer] = {}
         self.spaces: dict[str, Space] = {}
