@@ -13,6 +13,7 @@ homeserver differs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ from ..puppet import Puppet
 from ..space import CUSTOMER_STATE_EVENT, Space
 from ..waldur import Customer, WaldurError
 from .planner import DesiredMember, DesiredRoom
-from .policy import role_power_level
+from .policy import MembershipPolicy, role_power_level
 from .queue import CoalescingQueue
 
 if TYPE_CHECKING:
@@ -472,50 +473,8 @@ class SpaceSync:
         log.info("Room %s left the space %s", room_id, space.room_id)
 
     def desired_members(self, portals: list[Portal]) -> tuple[DesiredRoom, PortalTeam]:
-        """The union of the portals' teams; complete only when every portal's team is known
-        and was read completely. Levels come from organization roles only."""
-        policy = self.service.policy
-        merged = PortalTeam("", "", True, {})
-        roles: dict[str, set[str]] = {}
-        complete = True
-        for portal in portals:
-            team = self.teams.get(portal.project_uuid)
-            if team is None:
-                complete = False
-                continue
-            complete &= team.complete
-            for user_id, member in team.members.items():
-                roles.setdefault(user_id, set()).update(member.roles)
-                merged.members.setdefault(user_id, member)
-                for source, target in (
-                    (team.puppets, merged.puppets),
-                    (team.displaynames, merged.displaynames),
-                    (team.user_uuids, merged.user_uuids),
-                ):
-                    if user_id in source:
-                        target[user_id] = source[user_id]  # type: ignore[index]
-        members: dict[str, DesiredMember] = {}
-        for user_id, first in sorted(merged.members.items()):
-            user_roles = tuple(sorted(roles[user_id]))
-            level = max(
-                (
-                    role_power_level(r, policy)
-                    for r in user_roles
-                    if r in policy.organization_roles
-                ),
-                default=0,
-            )
-            members[user_id] = DesiredMember(
-                user_id=user_id,
-                user_uuid=first.user_uuid,
-                power_level=level,
-                roles=user_roles,
-                join_as_puppet=first.join_as_puppet,
-            )
-            merged.signatures[user_id] = "|".join(user_roles)
-        merged.members = members
-        merged.complete = complete
-        return DesiredRoom(complete=complete, active=True, members=members), merged
+        teams = [self.teams.get(p.project_uuid) for p in portals]
+        return merge_teams(teams, self.service.policy)
 
     async def _reconcile_members(
         self,
@@ -638,3 +597,48 @@ class SpaceSync:
         self.service.executor.writes += 1
 
     # endregion
+
+
+def merge_teams(
+    teams: Iterable[PortalTeam | None], policy: MembershipPolicy
+) -> tuple[DesiredRoom, PortalTeam]:
+    """The space's wanted members: the union of its portals' teams (None: a portal whose team
+    is not known yet). Complete only when every team is known and was read completely, so an
+    incomplete picture removes nobody. Levels come from organization roles only: a project
+    admin moderates the project's room, not the organization's space."""
+    merged = PortalTeam("", "", True, {})
+    roles: dict[str, set[str]] = {}
+    complete = True
+    for team in teams:
+        if team is None:
+            complete = False
+            continue
+        complete &= team.complete
+        for user_id, member in team.members.items():
+            roles.setdefault(user_id, set()).update(member.roles)
+            merged.members.setdefault(user_id, member)
+            for source, target in (
+                (team.puppets, merged.puppets),
+                (team.displaynames, merged.displaynames),
+                (team.user_uuids, merged.user_uuids),
+            ):
+                if user_id in source:
+                    target[user_id] = source[user_id]  # type: ignore[index]
+    members: dict[str, DesiredMember] = {}
+    for user_id, first in sorted(merged.members.items()):
+        user_roles = tuple(sorted(roles[user_id]))
+        level = max(
+            (role_power_level(r, policy) for r in user_roles if r in policy.organization_roles),
+            default=0,
+        )
+        members[user_id] = DesiredMember(
+            user_id=user_id,
+            user_uuid=first.user_uuid,
+            power_level=level,
+            roles=user_roles,
+            join_as_puppet=first.join_as_puppet,
+        )
+        merged.signatures[user_id] = "|".join(user_roles)
+    merged.members = members
+    merged.complete = complete
+    return DesiredRoom(complete=complete, active=True, members=members), merged
