@@ -3,6 +3,7 @@ real Synapse and the Waldur simulator."""
 
 from __future__ import annotations
 
+import secrets
 import struct
 import zlib
 from collections import Counter
@@ -15,6 +16,7 @@ import pytest
 from mautrix.api import HTTPAPI
 
 from waldur_bridge.db import AuditEntry, CustomerSpace
+from waldur_bridge.sync.drift import RESTORE_LIMIT
 from waldur_devenv.matrix_user import MatrixTestUser
 from waldur_simulator import WaldurSimulator
 
@@ -394,3 +396,65 @@ async def test_room_versions_for_portals_and_spaces(
         else:
             assert bridge_env.bot not in users  # v12: implicit, and listing it is refused
         assert users.get(bridge_env.puppet("carol")) == 50
+
+
+async def test_a_change_that_keeps_coming_back_is_reported_once_and_admin_commands(
+    bridge_env: BridgeEnv, matrix_user
+) -> None:
+    sim = bridge_env.sim
+    ids = orgs(sim)
+    admin = await matrix_user("spaceadmin")
+    suffix = secrets.token_hex(3)
+    await bridge_env.start(
+        **{
+            "bridge.management_room": f"#waldur_spaces{suffix}:{bridge_env.hs.server_name}",
+            "bridge.permissions": {"*": "user", admin.user_id: "admin"},
+        }
+    )
+    await bridge_env.sweep()
+    mgmt = await admin.wait_for_invite(timeout=10)
+    await admin.join(mgmt)
+    apollo = await bridge_env.portal_room(ids["apollo"])
+    human = await moderator_in(bridge_env, matrix_user, apollo)
+    name_path = f"/_matrix/client/v3/rooms/{quote(apollo)}/state/m.room.name/"
+
+    async def name_is(name: str) -> bool:
+        return (await bridge_env.state(apollo, "m.room.name"))["name"] == name
+
+    # Someone (another bot, say) keeps renaming the room: restored three times, then left.
+    for i in range(RESTORE_LIMIT):
+        await human.request("PUT", name_path, {"name": f"Mine {i}"})
+        await wait_for(lambda: name_is("Apollo"), 20, f"restore {i + 1}")
+    await admin.mark()
+    await human.request("PUT", name_path, {"name": "Mine for good"})
+
+    def report(event: dict[str, Any]) -> bool:
+        body = event.get("content", {}).get("body", "")
+        return event.get("sender") == bridge_env.bot and "m.room.name" in body
+
+    notice = await admin.wait_for_event(mgmt, report, 20)
+    assert "stops restoring" in notice["content"]["body"]
+    await human.request("PUT", name_path, {"name": "Mine again"})
+    await bridge_env.settle()
+    assert await name_is("Mine again")  # not fought any more
+    outcomes = [e.outcome for e in await AuditEntry.recent(ids["apollo"]) if e.action == "drift"]
+    assert outcomes.count("restored") == RESTORE_LIMIT
+
+    # `sync` of the organization restores once more and covers its space.
+    await admin.mark()
+    await admin.send_text(mgmt, "sync 'Acme Research'")
+    done = await admin.wait_for_event(
+        mgmt, lambda e: "in sync with Waldur" in e.get("content", {}).get("body", ""), 30
+    )
+    assert "its space" in done["content"]["body"]
+    assert await name_is("Apollo")
+
+    await admin.mark()
+    await admin.send_text(mgmt, "spaces")
+    listing = await admin.wait_for_event(
+        mgmt, lambda e: "space(s)" in e.get("content", {}).get("body", ""), 20
+    )
+    body = listing["content"]["body"]
+    assert "Acme Research" in body and "Borealis Labs" in body
+    assert "2 room(s), 4 member(s)" in body  # Apollo and Gemini; alice, bob, carol, dave
+    await bridge_env.settle()

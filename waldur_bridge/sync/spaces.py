@@ -25,7 +25,7 @@ from .. import room_meta
 from ..avatars import Avatars
 from ..db import CustomerSpace, PortalDecoration, SpaceMember
 from ..db.space import ACTIVE, CLOSED
-from ..portal import Portal
+from ..portal import PROJECT_STATE_EVENT, Portal
 from ..puppet import Puppet
 from ..space import CUSTOMER_STATE_EVENT, Space
 from ..waldur import Customer, WaldurError
@@ -161,7 +161,9 @@ class SpaceSync:
         """After a portal's reconcile: its avatar and bridge info; its team for the space."""
         if not portal.is_active:
             return
-        await self.decorate(portal, view)
+        if reasons & VERIFY_REASONS:
+            await self.repair(portal)
+        await self.decorate(portal, view, verify=bool(reasons & VERIFY_REASONS))
         if not self.enabled or result.team is None:
             return
         desired = result.team.desired
@@ -207,12 +209,34 @@ class SpaceSync:
             await self._unlink(space, portal.room_id, decoration)
         self.request(portal.customer_uuid, "portal-closed")
 
-    async def decorate(self, portal: Portal, view: ProjectView) -> None:
+    async def repair(self, portal: Portal) -> None:
+        """An admin's sync (or a change by hand): read what the bridge owns and put back what
+        differs: name, topic, join rules, the project link (membership and levels are the
+        reconcile's)."""
+        room_id = portal.room_id or ""
+        owned = {
+            "m.room.name": {"name": portal.name},
+            "m.room.topic": {"topic": portal.topic},
+            "m.room.join_rules": {"join_rule": "invite"},
+            str(PROJECT_STATE_EVENT): {
+                "project_uuid": portal.project_uuid,
+                "customer_uuid": portal.customer_uuid,
+            },
+        }
+        for event_type, wanted in owned.items():
+            current = await self._read_state(room_id, event_type, "") or {}
+            if {k: current.get(k) for k in wanted} != wanted:
+                await self._write_state(room_id, event_type, wanted, "")
+                log.info("Restored %s in %s", event_type, room_id)
+
+    async def decorate(self, portal: Portal, view: ProjectView, verify: bool = False) -> None:
         """The portal's avatar and MSC2346 bridge info, written only when they changed."""
         room_id = portal.room_id or ""
         decoration = self.decorations.get(portal.project_uuid)
         if decoration is None:
             decoration = PortalDecoration(project_uuid=portal.project_uuid)
+        elif verify:
+            decoration.bridge_info_hash = None  # read it again below
         changed = await self.avatars.sync(room_id, view.project.image, decoration)
         content = portal.bridge_info_content(
             view.project.name, view.project.customer_name, decoration.avatar_mxc
