@@ -142,6 +142,8 @@ class MatrixHandler(BaseMatrixHandler):
         # member-list request on every command there.
         if await po.Portal.get_by_room(room_id) is not None:
             return False, True
+        if self.bridge.sync.spaces.space_of_room(room_id) is not None:
+            return False, True
         return await super()._is_direct_chat(room_id)
 
     async def send_bot_message(self, room_id: RoomID, content: MessageEventContent) -> EventID:

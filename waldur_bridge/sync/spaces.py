@@ -23,7 +23,7 @@ from mautrix.types import EventType, RoomCreatePreset, RoomID
 
 from .. import room_meta
 from ..avatars import Avatars
-from ..db import CustomerSpace, PortalDecoration, SpaceMember
+from ..db import CustomerSpace, PortalDecoration, SpaceMember, portal as states
 from ..db.space import ACTIVE, CLOSED
 from ..portal import PROJECT_STATE_EVENT, Portal
 from ..puppet import Puppet
@@ -284,7 +284,14 @@ class SpaceSync:
         await self.reconcile(customer_uuid, reasons)
 
     async def _portals_of(self, customer_uuid: str) -> list[Portal]:
-        return [p for p in await Portal.all() if p.customer_uuid == customer_uuid and p.is_active]
+        # One indexed query per space rather than every portal row per space.
+        rows = await CustomerSpace.db.fetch(
+            "SELECT project_uuid FROM portal WHERE customer_uuid=$1 AND state=$2",
+            customer_uuid,
+            states.ACTIVE,
+        )
+        portals = [await Portal.get_by_project(row["project_uuid"]) for row in rows]
+        return [p for p in portals if p is not None and p.is_active]
 
     async def reconcile(self, customer_uuid: str, reasons: frozenset[str]) -> None:
         portals = await self._portals_of(customer_uuid)
