@@ -458,3 +458,50 @@ async def test_a_change_that_keeps_coming_back_is_reported_once_and_admin_comman
     assert "Acme Research" in body and "Borealis Labs" in body
     assert "2 room(s), 4 member(s)" in body  # Apollo and Gemini; alice, bob, carol, dave
     await bridge_env.settle()
+
+
+async def test_mass_removal_from_a_space_is_held_until_approved(
+    bridge_env: BridgeEnv, matrix_user
+) -> None:
+    sim = bridge_env.sim
+    org = sim.add_customer("Hold Org")
+    big = sim.add_project(org, "Big")
+    small = sim.add_project(org, "Small")
+    people = [sim.add_user(f"hold{i}", f"Hold {i}") for i in range(5)]
+    for person in people[:4]:
+        sim.grant(person, big, "PROJECT.MEMBER")
+    sim.grant(people[4], small, "PROJECT.MEMBER")
+    admin = await matrix_user("holdadmin")
+    await bridge_env.start(
+        **{
+            "bridge.management_room": f"#waldur_hold{secrets.token_hex(3)}:localhost",
+            "bridge.permissions": {"*": "user", admin.user_id: "admin"},
+        }
+    )
+    await bridge_env.sweep()
+    mgmt = await admin.wait_for_invite(timeout=10)
+    await admin.join(mgmt)
+    space = await space_room(bridge_env, org)
+    leaving = {bridge_env.puppet(f"hold{i}") for i in range(4)}
+    assert leaving <= await bridge_env.in_room(space)
+
+    await admin.mark()
+    sim.delete_project(big)  # four of five members would leave the space at once
+    await bridge_env.sweep()
+    held = await admin.wait_for_event(
+        mgmt, lambda e: "from the space" in e.get("content", {}).get("body", ""), 20
+    )
+    assert "approve-space" in held["content"]["body"]
+    assert leaving <= await bridge_env.in_room(space)  # held, not removed
+    outcomes = [e.outcome for e in await AuditEntry.recent(f"space:{org}", 100)]
+    assert outcomes.count("held") >= 4
+
+    await admin.mark()
+    await admin.send_text(mgmt, f"approve-space {org}")
+    await admin.wait_for_event(
+        mgmt, lambda e: "held removals are done" in e.get("content", {}).get("body", ""), 30
+    )
+    members = await bridge_env.in_room(space)
+    assert not leaving & members
+    assert bridge_env.puppet("hold4") in members
+    await bridge_env.settle()

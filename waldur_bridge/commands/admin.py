@@ -58,6 +58,7 @@ def admin_help() -> fmt.Reply:
         "- `link <waldur user> <matrix id>`, `unlink <matrix id|waldur user>`",
         "- `whois <matrix id|waldur user>`: how a person maps between Waldur and Matrix",
         "- `held`, `approve <project|all>`, `reject <project|all>`: mass removals on hold",
+        "- `approve-space <organization>`: carry out removals held in a space",
         "- `diagnose`: live checks of the homeserver, Waldur and the bridge",
         "- `version`, `help`",
         "",

@@ -6,9 +6,10 @@ from .. import messages as fmt
 from ..db import SpaceMember
 from ..portal import Portal
 from ..sync.policy import canonical_uuid
+from ..sync.spaces import APPROVE
 from ..waldur import Customer, WaldurError, WaldurNotFound
-from .admin import _UUID, MAX_LISTED, admin_command
-from .handler import SECTION_ROOMS, CommandError, WaldurCommandEvent, parse_args
+from .admin import _UUID, MAX_LISTED, admin_command, one_arg, run
+from .handler import SECTION_ROOMS, SECTION_SAFETY, CommandError, WaldurCommandEvent, parse_args
 
 
 def _md(text: object) -> str:
@@ -81,3 +82,21 @@ async def sync_organization(evt: WaldurCommandEvent, customer: Customer) -> None
     await evt.reply(
         f"**{_md(customer.name)}**: {len(portals)} room(s){where} are in sync with Waldur."
     )
+
+
+@admin_command(
+    name="approve-space",
+    help_section=SECTION_SAFETY,
+    help_text="Carry out a space's held removals",
+    help_args="<organization>",
+)
+async def approve_space(evt: WaldurCommandEvent) -> None:
+    query, _ = one_arg(evt, "approve-space <organization>")
+    customer = await resolve_customer(evt, query)
+    if customer is None:
+        raise CommandError(f"No organization matches `{_md(query)}`.")
+    spaces = evt.bridge.sync.spaces
+    if customer.uuid not in spaces.spaces:
+        raise CommandError(f"**{_md(customer.name)}** has no space.")
+    await run(evt, spaces.sync_now(customer.uuid, APPROVE))
+    await evt.reply(f"The space of **{_md(customer.name)}** is in sync; held removals are done.")

@@ -12,6 +12,7 @@ homeserver differs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from ..portal import PROJECT_STATE_EVENT, Portal
 from ..puppet import Puppet
 from ..space import CUSTOMER_STATE_EVENT, Space
 from ..waldur import Customer, WaldurError
-from .planner import DesiredMember, DesiredRoom
+from .planner import DesiredMember, DesiredRoom, Kick
 from .policy import MembershipPolicy, role_power_level
 from .queue import CoalescingQueue
 
@@ -45,6 +46,8 @@ SWEEP = "sweep"
 # Reasons that read the space and its portals' links from the homeserver again (an admin's
 # sync, a change made by hand); otherwise links are read once after a start.
 VERIFY_REASONS = frozenset({"admin", "drift"})
+# An admin approved the space's held removals: this run has no mass-removal guard.
+APPROVE = "approve"
 BRIDGE_INFO_TYPES = ("m.bridge", "uk.half-shot.bridge")
 CLOSED_CAUSE = "the organization has no project rooms left"
 
@@ -89,6 +92,7 @@ class SpaceSync:
         self.decorations: dict[str, PortalDecoration] = {}
         # Rooms whose links were read from the homeserver since the start.
         self._verified: set[str] = set()
+        self._reported_holds: dict[str, frozenset[str]] = {}
 
     # region lifecycle
 
@@ -314,7 +318,9 @@ class SpaceSync:
         await self._link(space, portals, verify)
         self._verified.add(space.room_id)
         cached = reasons == {SWEEP} and not verify
-        await self._reconcile_members(space, portals, customer, cached=cached)
+        await self._reconcile_members(
+            space, portals, customer, cached=cached, approved=APPROVE in reasons
+        )
 
     async def _customer(self, customer_uuid: str, fresh: bool) -> Customer | None:
         customer = self.customers.get(customer_uuid)
@@ -515,6 +521,7 @@ class SpaceSync:
         cached: bool,
         *,
         active: bool = True,
+        approved: bool = False,
     ) -> None:
         reconciler = self.service.reconciler
         if active:
@@ -532,11 +539,14 @@ class SpaceSync:
             )
             merged = PortalTeam("", "", True, {})
         records = await SpaceMember.for_project(space.project_uuid)
+        policy = self.service.policy
+        if approved:
+            policy = dataclasses.replace(policy, max_removal_share=1.0)
         plan = await reconciler._plan(
             space,  # type: ignore[arg-type]
             room,
             merged.signatures,
-            self.service.policy,
+            policy,
             records,  # type: ignore[arg-type]
             cached,
         )
@@ -548,19 +558,29 @@ class SpaceSync:
             role_signatures=merged.signatures,
             user_uuids=merged.user_uuids,
         )
-        if plan.held:
-            names = ", ".join(sorted(k.user_id for k in plan.held))
-            log.warning("Mass removal held in the space of %s: %s", space.name, names)
-            await self.bridge.notify_admins(
-                f"Held {len(plan.held)} removal(s) from the space **{space.name}**: more than "
-                f"the configured share of its members would go at once. Waiting: {names}. "
-                "They go when the organization's rooms are approved, or stay if rejected."
-            )
+        await self._report_holds(space, plan.held)
         if outcome.failed:
             raise RuntimeError(
                 f"{outcome.failed} homeserver write(s) in the space failed: "
                 + "; ".join(outcome.errors[:3])
             )
+
+    async def _report_holds(self, space: Space, held: tuple[Kick, ...]) -> None:
+        """Tell the admins once per distinct set of held removals."""
+        people = frozenset(k.user_id for k in held)
+        if people == self._reported_holds.get(space.customer_uuid, frozenset()):
+            return
+        self._reported_holds[space.customer_uuid] = people
+        if not people:
+            return
+        names = ", ".join(sorted(people))
+        log.warning("Mass removal held in the space of %s: %s", space.name, names)
+        await self.bridge.notify_admins(
+            f"Held {len(people)} removal(s) from the space **{space.name}** "
+            f"({space.customer_uuid}): more than the configured share of its members would go "
+            f"at once. Waiting: {names}. Use `approve-space {space.customer_uuid}` here to "
+            "remove them; until then they stay."
+        )
 
     async def _close(self, space: Space) -> None:
         """No portals left: children emptied, managed members removed, the room kept."""
