@@ -221,6 +221,7 @@ async def test_space_per_organization_with_children_parents_and_hierarchy(
     assert zephyr > (await bridge_env.state(space, "m.space.child", gemini))["order"]
 
 
+@both_generations
 async def test_deleted_project_leaves_the_space_and_an_empty_organization_closes(
     bridge_env: BridgeEnv,
 ) -> None:
@@ -256,6 +257,7 @@ async def test_deleted_project_leaves_the_space_and_an_empty_organization_closes
     assert p("erin") in await bridge_env.in_room(other)
 
 
+@both_generations
 async def test_switching_spaces_on_adds_existing_portals(bridge_env: BridgeEnv) -> None:
     ids = orgs(bridge_env.sim)
     await bridge_env.start(**{"bridge.spaces.enabled": False})
@@ -341,6 +343,7 @@ async def test_moderator_changes_to_owned_state_are_corrected(
     await bridge_env.settle()
 
 
+@both_generations
 async def test_avatar_from_waldur_is_uploaded_once(bridge_env: BridgeEnv) -> None:
     sim = bridge_env.sim
     ids = orgs(sim)
