@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cProfile the initial sync and the steady sweeps into DIR/*.prof (slows them)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal fails")
+    parser.add_argument(
+        "--no-spaces", action="store_true", help="bridge.spaces.enabled: false (for comparison)"
+    )
     args = parser.parse_args(argv)
     small = args.quick
     args.projects = args.projects or (4 if small else 20)
@@ -258,6 +261,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "steady_projects": args.steady_projects,
             "steady_grants": args.steady_grants,
             "steady_portals": args.steady_portals or "all",
+            "spaces": not args.no_spaces,
             "database": "sqlite (bridge and Synapse)",
         },
         "environment": {
@@ -272,7 +276,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await hs.start()
         results["environment"]["synapse_startup_s"] = round(hs.synapse.startup_seconds or 0, 2)
         client = raw.RawClient(hs.url, hs.as_token, hs.domain, hs.bot)
-        ctx = Context(hs, client, JoinWatcher(), counter, workdir, args.concurrency, args.profile)
+        ctx = Context(
+            hs,
+            client,
+            JoinWatcher(),
+            counter,
+            workdir,
+            args.concurrency,
+            args.profile,
+            spaces=not args.no_spaces,
+        )
         if args.only in (None, "steady"):
             # First, so that the peak memory it reports is not the other phase's.
             results["steady_state"] = await steady_state(

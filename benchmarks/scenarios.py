@@ -43,13 +43,17 @@ class Context:
     workdir: Path
     concurrency: int
     profile_dir: Path | None = None
+    spaces: bool = True
 
     def profiler(self, name: str) -> Profiler:
         return Profiler(self.profile_dir / f"{name}.prof" if self.profile_dir else None)
 
     @property
     def overrides(self) -> dict[str, Any]:
-        return {"bridge.membership.concurrency": self.concurrency}
+        return {
+            "bridge.membership.concurrency": self.concurrency,
+            "bridge.spaces.enabled": self.spaces,
+        }
 
 
 def build_teams(sim: WaldurSimulator, projects: int, members: int, tag: str) -> list[Team]:

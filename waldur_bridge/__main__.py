@@ -12,7 +12,11 @@ from mautrix.bridge import Bridge
 from mautrix.types import RoomID, UserID
 
 from . import __version__, logs, startup
-from .commands import admin as _admin, room as _room  # noqa: F401  (registers handlers)
+from .commands import (  # noqa: F401  (registers handlers)
+    admin as _admin,
+    room as _room,
+    spaces as _spaces,
+)
 from .commands.handler import RateLimiter, remove_builtins
 from .config import Config, ConfigError
 from .db import init as init_db, upgrade_table
@@ -26,6 +30,7 @@ from .management import ManagementRoom
 from .matrix import MatrixHandler
 from .portal import Portal
 from .puppet import Puppet
+from .room_versions import RoomVersions
 from .sync.service import SyncService
 from .user import User
 from .waldur import WaldurClient
@@ -57,6 +62,7 @@ class WaldurBridge(Bridge):
     webhook: WebhookReceiver | None = None
     leadership: Leadership
     room_command_limiter: RateLimiter
+    room_versions: RoomVersions
 
     def prepare_arg_parser(self) -> None:
         super().prepare_arg_parser()
@@ -119,6 +125,7 @@ class WaldurBridge(Bridge):
         Puppet.init_cls(self)
         Portal.init_cls(self)
         self.room_command_limiter = RateLimiter(cfg["bridge.commands.rate_limit_per_minute"])
+        self.room_versions = RoomVersions(self.az, cfg["bridge.portals.room_version"])
         self.sync = SyncService(self)
         self.management = ManagementRoom(self)
         mount_web(self)

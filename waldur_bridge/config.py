@@ -43,7 +43,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "bridge.user_mapping.mode": ("puppet", "template"),
     "bridge.user_mapping.localpart_source": ("username", "uuid"),
     "bridge.portals.create": ("none", "all", "customers"),
-    "bridge.portals.room_version": ("10", "11", "12"),
+    "bridge.portals.room_version": ("auto", "10", "11", "12"),
 }
 
 PERMISSION_LEVELS = ("user", "admin")

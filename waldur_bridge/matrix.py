@@ -12,6 +12,7 @@ from mautrix.types import (
     EventType,
     MessageEventContent,
     RoomID,
+    StateEvent,
     UserID,
 )
 
@@ -130,6 +131,8 @@ class MatrixHandler(BaseMatrixHandler):
         # member-list request on every command there.
         if await po.Portal.get_by_room(room_id) is not None:
             return False, True
+        if self.bridge.sync.spaces.space_of_room(room_id) is not None:
+            return False, True
         return await super()._is_direct_chat(room_id)
 
     async def send_bot_message(self, room_id: RoomID, content: MessageEventContent) -> EventID:
@@ -146,6 +149,8 @@ class MatrixHandler(BaseMatrixHandler):
         portal = await po.Portal.get_by_room(room_id)
         if portal is not None:
             await self.bridge.sync.on_member_left(portal, user_id, voluntarily=True)
+        elif (space := self.bridge.sync.spaces.space_of_room(room_id)) is not None:
+            await self.bridge.sync.spaces.on_member_left(space, user_id, voluntarily=True)
 
     async def handle_kick(
         self, room_id: RoomID, user_id: UserID, kicked_by: UserID, reason: str, event_id: EventID
@@ -153,6 +158,9 @@ class MatrixHandler(BaseMatrixHandler):
         portal = await po.Portal.get_by_room(room_id)
         if portal is not None and kicked_by != self.az.bot_mxid:
             await self.bridge.sync.on_member_left(portal, user_id, voluntarily=False)
+        space = self.bridge.sync.spaces.space_of_room(room_id)
+        if space is not None and kicked_by != self.az.bot_mxid:
+            await self.bridge.sync.spaces.on_member_left(space, user_id, voluntarily=False)
 
     async def handle_invite(
         self, room_id: RoomID, user_id: UserID, inviter: u.User, event: Event
@@ -160,6 +168,8 @@ class MatrixHandler(BaseMatrixHandler):
         portal = await po.Portal.get_by_room(room_id)
         if portal is not None:
             await self.bridge.sync.on_member_invited(portal, user_id, inviter.mxid)
+        elif (space := self.bridge.sync.spaces.space_of_room(room_id)) is not None:
+            await self.bridge.sync.spaces.on_member_invited(space, user_id, inviter.mxid)
 
     async def handle_puppet_invite(
         self, room_id: RoomID, puppet: Any, invited_by: u.User, evt: Event
@@ -168,5 +178,11 @@ class MatrixHandler(BaseMatrixHandler):
         portal = await po.Portal.get_by_room(room_id)
         if portal is not None:
             await self.bridge.sync.on_member_invited(portal, puppet.mxid, invited_by.mxid)
+        elif (space := self.bridge.sync.spaces.space_of_room(room_id)) is not None:
+            await self.bridge.sync.spaces.on_member_invited(space, puppet.mxid, invited_by.mxid)
+
+    async def handle_state_event(self, evt: StateEvent) -> None:
+        # What the bridge owns in its rooms goes back when changed by hand (sync/drift.py).
+        await self.bridge.sync.drift.on_state_event(evt)
 
     # endregion

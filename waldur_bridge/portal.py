@@ -18,6 +18,7 @@ from mautrix.types import (
     TextMessageEventContent,
 )
 
+from . import room_meta
 from .db import Portal as DBPortal, portal as states
 from .messages import Reply
 
@@ -55,11 +56,11 @@ def room_power_levels(bot_mxid: str, room_version: str) -> dict[str, Any]:
             "m.room.power_levels": 100,
             "m.room.encryption": 100,
             "m.room.history_visibility": 100,
-            "m.room.tombstone": 150 if room_version == "12" else 100,
+            "m.room.tombstone": 150 if room_meta.creators_have_power(room_version) else 100,
         },
         "users": {},
     }
-    if room_version not in ("12",):
+    if not room_meta.creators_have_power(room_version):
         # Before v12 the creator's power is an ordinary entry; from v12 it is implicit and
         # listing the creator is refused by the homeserver.
         content["users"][bot_mxid] = 100
@@ -112,14 +113,22 @@ class Portal(DBPortal, BasePortal):
     def bridge_info_state_key(self) -> str:
         return f"waldur://{self.project_uuid}"
 
+    def bridge_info_content(
+        self, name: str, customer_name: str, avatar_mxc: str | None = None
+    ) -> dict[str, Any]:
+        return room_meta.bridge_info(
+            bot=self.az.bot_mxid,
+            channel_id=self.project_uuid,
+            channel_name=name,
+            channel_avatar=avatar_mxc,
+            network_id=self.customer_uuid,
+            network_name=customer_name,
+        )
+
     @property
     def bridge_info(self) -> dict[str, Any]:
-        return {
-            "bridgebot": self.az.bot_mxid,
-            "protocol": {"id": "waldur", "displayname": "Waldur"},
-            "network": {"id": self.customer_uuid},
-            "channel": {"id": self.project_uuid, "displayname": self.name},
-        }
+        customer_name = self.bridge.sync.spaces.customer_name(self.customer_uuid)
+        return self.bridge_info_content(self.name, customer_name)
 
     async def save(self) -> None:
         await DBPortal.save(self)
@@ -190,7 +199,7 @@ class Portal(DBPortal, BasePortal):
     async def create_room(self, name: str, topic: str) -> RoomID:
         """Create the room (invite-only, with the project link state); no members yet."""
         config = self.bridge.config
-        room_version = str(config["bridge.portals.room_version"])
+        room_version = await self.bridge.room_versions.for_new_room()
         encrypted = bool(config["bridge.encryption.allow"] and config["bridge.encryption.default"])
         initial_state: list[dict[str, Any]] = [
             {
@@ -207,14 +216,7 @@ class Portal(DBPortal, BasePortal):
                 "state_key": "",
                 "content": {"history_visibility": "shared"},
             },
-            *(
-                {
-                    "type": str(evt),
-                    "state_key": self.bridge_info_state_key,
-                    "content": self.bridge_info,
-                }
-                for evt in BRIDGE_INFO_EVENTS
-            ),
+            *self.bridge.sync.spaces.portal_initial_state(self, name),
         ]
         if encrypted:
             initial_state.append(

@@ -120,6 +120,7 @@ class BridgeRunner:
         bridge.log = logging.getLogger("mau.init")
         bridge.check_config()
         bridge.loop = asyncio.get_running_loop()
+        _fresh_getter_locks()
         bridge.prepare()
         bridge._stop_task = bridge.loop.create_future()
         await bridge.start()
@@ -138,3 +139,17 @@ class BridgeRunner:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _fresh_getter_locks() -> None:
+    """mautrix keeps the per-key locks of Portal/Puppet/User getters on the class. A lock that
+    once had a waiter is bound to that event loop; each test has its own loop, so a bridge
+    started in a later test gets fresh locks (a real process starts one bridge, one loop)."""
+    from collections import defaultdict
+
+    from waldur_bridge.portal import Portal
+    from waldur_bridge.puppet import Puppet
+    from waldur_bridge.user import User
+
+    for cls in (Portal, Puppet, User):
+        cls._async_get_locks = defaultdict(asyncio.Lock)

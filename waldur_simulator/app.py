@@ -83,7 +83,15 @@ class WaldurApi:
             g(f"/api/marketplace-orders/{u}/", self.order_detail),
             g("/api/marketplace-resources/", self.resources_list),
             g(f"/api/marketplace-resources/{u}/", self.resource_detail),
+            # Uploaded images, served like Django's MEDIA_URL (no token needed).
+            g("/media/{folder}/{name}", self.media),
         ]
+
+    async def media(self, request: web.Request) -> web.Response:
+        image = self.state.media(request.match_info["folder"], request.match_info["name"])
+        if image is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=image.data, content_type=image.content_type)
 
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

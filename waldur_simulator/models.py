@@ -38,6 +38,16 @@ class Token:
     created: float  # simulator clock seconds; refreshed on use like Waldur's sliding expiry
 
 
+@dataclass(frozen=True)
+class Image:
+    """An uploaded image (Django ImageField): served under /media/<folder>/<name>."""
+
+    folder: str
+    name: str
+    data: bytes
+    content_type: str
+
+
 @dataclass(eq=False)
 class Customer:
     uuid: str
@@ -50,6 +60,8 @@ class Customer:
     email: str = ""
     blocked: bool = False
     archived: bool = False
+    description: str = ""
+    image: Image | None = None
 
     scope_type = "customer"
 
@@ -64,6 +76,7 @@ class Project:
     description: str = ""
     end_date: date | None = None
     is_removed: bool = False
+    image: Image | None = None
 
     scope_type = "project"
 

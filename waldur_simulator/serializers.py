@@ -9,7 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from . import catalog
-from .models import Customer, Event, Grant, Hook, Order, Project, Resource, Role, User
+from .models import (
+    Customer,
+    Event,
+    Grant,
+    Hook,
+    Image,
+    Order,
+    Project,
+    Resource,
+    Role,
+    User,
+)
 from .state import SimulatorState
 from .util import iso_z
 
@@ -23,6 +34,10 @@ class Serializer:
 
     def url(self, kind: str, uuid: str) -> str:
         return f"{self.base}/api/{kind}/{uuid}/"
+
+    def image(self, image: Image | None) -> str | None:
+        # Django's ImageField serializes to an absolute URL under MEDIA_URL.
+        return None if image is None else f"{self.base}/media/{image.folder}/{image.name}"
 
     # ------------------------------------------------------------------ users
 
@@ -97,7 +112,7 @@ class Serializer:
                     "url": self.url("projects", p.uuid),
                     "uuid": p.uuid,
                     "name": p.name,
-                    "image": None,
+                    "image": self.image(p.image),
                     "resource_count": self._resource_count(p),
                     "end_date": iso_z(p.end_date),
                 }
@@ -105,7 +120,7 @@ class Serializer:
                 if not p.is_removed
             ],
             "backend_id": "",
-            "image": None,
+            "image": self.image(customer.image),
             "blocked": customer.blocked,
             "archived": customer.archived,
             "default_tax_percent": "0.00",
@@ -118,6 +133,7 @@ class Serializer:
             "slug": customer.slug,
             "native_name": customer.native_name,
             "abbreviation": customer.abbreviation,
+            "description": customer.description,
             "contact_details": customer.contact_details,
             "agreement_number": "",
             "email": customer.email,
@@ -162,7 +178,7 @@ class Serializer:
             "oecd_fos_2007_code": None,
             "oecd_fos_2007_label": None,
             "is_industry": False,
-            "image": None,
+            "image": self.image(project.image),
             "resources_count": self._resource_count(project),
             "billing_price_estimate": {"total": 0.0, "current": 0, "tax": 0, "tax_current": 0},
             "marketplace_resource_count": {},

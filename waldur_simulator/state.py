@@ -23,6 +23,7 @@ from .models import (
     Event,
     Grant,
     Hook,
+    Image,
     Offering,
     Order,
     Project,
@@ -331,7 +332,13 @@ class SimulatorState:
     # ----------------------------------------------------------------- customers and projects
 
     def add_customer(
-        self, name: str, abbreviation: str = "", *, contact_details: str = "", email: str = ""
+        self,
+        name: str,
+        abbreviation: str = "",
+        *,
+        contact_details: str = "",
+        email: str = "",
+        description: str = "",
     ) -> str:
         customer = Customer(
             uuid=self.new_uuid(),
@@ -341,6 +348,7 @@ class SimulatorState:
             abbreviation=abbreviation,
             contact_details=contact_details,
             email=email,
+            description=description,
         )
         self.customers[customer.uuid] = customer
         self._emit(
@@ -392,6 +400,38 @@ class SimulatorState:
                 f"to '{getattr(project, field)}'."
             )
         self._log_project("project_update_succeeded", project, message)
+
+    def set_image(
+        self, scope_uuid: str, data: bytes | None, content_type: str = "image/png"
+    ) -> str | None:
+        """Upload (or with None remove) the image of a project or an organization, as its
+        page in Waldur does. Each upload gets a new file name, like Django's storage; the
+        update event names the changed field. Returns the media path, or None."""
+        scope = self.scope(scope_uuid)
+        image = None
+        if data is not None:
+            folder = "customer_images" if isinstance(scope, Customer) else "project_images"
+            name = f"{scope.uuid[:8]}-{self.new_uuid()[:8]}.{content_type.rsplit('/', 1)[-1]}"
+            image = Image(folder, name, data, content_type)
+        scope.image = image
+        if isinstance(scope, Project):
+            message = f"Project {scope.name} has been updated. Image has been changed."
+            self._log_project("project_update_succeeded", scope, message)
+        else:
+            self._emit(
+                "customer_update_succeeded",
+                f"Customer {scope.name} has been updated. Image has been changed.",
+                _customer_ctx("customer", scope),
+                {scope.uuid},
+            )
+        return None if image is None else f"/media/{image.folder}/{image.name}"
+
+    def media(self, folder: str, name: str) -> Image | None:
+        for scope in (*self.customers.values(), *self.projects.values()):
+            image = scope.image
+            if image is not None and image.folder == folder and image.name == name:
+                return image
+        return None
 
     def delete_project(self, uuid: str) -> None:
         """Soft delete: a role_revoked per grant, then project_update_succeeded, then

@@ -74,8 +74,9 @@ def test_demo_check_brings_up_every_portal_with_its_team(tmp_path: Path) -> None
         "@waldur_dave:localhost": 50,
         "@waldur_frank:localhost": 0,
     }
-    # Four portals and the management room, to which the bridge admin is invited.
-    assert summary["bot_joined_rooms"] == 5
+    # Four portals, the spaces of the two organizations and the management room, to which
+    # the bridge admin is invited.
+    assert summary["bot_joined_rooms"] == 7
     assert summary["management_room"]["members"]["@admin:localhost"] == "invite"
     # A grant and a revoke through the simulator's REST API reach the room.
     live = summary["live_change"]

@@ -116,6 +116,11 @@ def test_valid_config_has_no_problems(tmp_path: Path) -> None:
     assert problems_of(write_raw(tmp_path)) == []
 
 
+@pytest.mark.parametrize("version", ["auto", "11", "12"])
+def test_room_version_choices(tmp_path: Path, version: str) -> None:
+    assert problems_of(write_raw(tmp_path, **{"bridge.portals.room_version": version})) == []
+
+
 def test_placeholders_are_named(tmp_path: Path) -> None:
     path = write_raw(
         tmp_path,
@@ -161,6 +166,8 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
         ("bridge.membership.settle_seconds", -1, "settle_seconds: must be 0 or more"),
         ("bridge.membership.settle_max_wait", 0.5, "settle_max_wait: must be at least"),
         ("bridge.membership.settle_seconds", "soon", "settle_seconds: must be"),
+        ("bridge.portals.room_version", "13", "bridge.portals.room_version: '13' is not one of"),
+        ("bridge.spaces.enabled", "no", "bridge.spaces.enabled: must be true or false"),
     ],
 )
 def test_wrong_values_are_explained(tmp_path: Path, key: str, value: Any, expected: str) -> None:

@@ -124,3 +124,58 @@ async def test_txn_cursor_audit_held(database: Database) -> None:
     await HeldRemoval.replace_for_project("p", [HeldRemoval("p", "@a:x", "Role removed")])
     await HeldRemoval.replace_for_project("p", [HeldRemoval("p", "@b:x", "Role removed")])
     assert [h.mxid for h in await HeldRemoval.all("p")] == ["@b:x"]
+
+
+async def test_space_rows_roundtrip(database: Database) -> None:
+    from waldur_bridge.db import CustomerSpace, PortalDecoration, SpaceMember
+
+    space = CustomerSpace(customer_uuid="c" * 32, room_id="!space:localhost", name="Acme")
+    await space.save()
+    space.state = "closed"
+    space.avatar_mxc = "mxc://localhost/a"
+    await space.save()
+    loaded = await CustomerSpace.get("c" * 32)
+    assert loaded is not None and loaded.state == "closed"
+    assert loaded.avatar_mxc == "mxc://localhost/a" and loaded.updated_at > 0
+    assert [s.room_id for s in await CustomerSpace.all()] == ["!space:localhost"]
+
+    await Portal(project_uuid="p" * 32, customer_uuid="c" * 32, room_id="!p:localhost").save()
+    decoration = PortalDecoration(project_uuid="p" * 32, space_room_id="!space:localhost")
+    await decoration.save()
+    decoration.child_order = "apollo~pppppppp"
+    await decoration.save()
+    again = await PortalDecoration.get("p" * 32)
+    assert again is not None and again.child_order == "apollo~pppppppp"
+    assert set(await PortalDecoration.all()) == {"p" * 32}
+
+    # Space members live apart from portal members (no portal row needed).
+    member = SpaceMember(project_uuid="space:" + "c" * 32, mxid="@a:localhost", added_by="bridge")
+    await member.save()
+    assert set(await SpaceMember.for_project("space:" + "c" * 32)) == {"@a:localhost"}
+    assert await PortalMember.for_project("space:" + "c" * 32) == {}
+    await member.delete()
+    assert await SpaceMember.get("space:" + "c" * 32, "@a:localhost") is None
+
+
+async def test_upgrade_from_v1_keeps_spaces_and_adds_columns(database: Database) -> None:
+    from waldur_bridge.db import CustomerSpace
+
+    # Put the database back to revision 1, as a bridge before spaces left it.
+    for table in ("portal_decoration", "space_member", "customer_space"):
+        await database.execute(f"DROP TABLE {table}")
+    await database.execute(
+        "CREATE TABLE customer_space (customer_uuid TEXT PRIMARY KEY, "
+        "room_id TEXT UNIQUE NOT NULL, name TEXT NOT NULL DEFAULT '')"
+    )
+    await database.execute(
+        "INSERT INTO customer_space (customer_uuid, room_id, name) VALUES ($1, $2, $3)",
+        "c" * 32,
+        "!old:localhost",
+        "Old Org",
+    )
+    await database.execute("UPDATE version SET version=1")
+    await upgrade_table.upgrade(database)
+    assert await database.fetchval("SELECT version FROM version") == LATEST_REVISION
+    kept = await CustomerSpace.get("c" * 32)
+    assert kept is not None and kept.name == "Old Org" and kept.state == "active"
+    assert await database.fetchval("SELECT COUNT(*) FROM portal_decoration") == 0

@@ -654,3 +654,33 @@ async def test_events_70_rejects_unknown_event_types(
 
     query = "&".join(f"event_type={t}" for t in POLLED_EVENTS)
     assert (await api.call("GET", f"/api/events/?{query}"))[0] == 200
+
+
+async def test_images_of_projects_and_organizations(
+    sim: WaldurSimulator, http: aiohttp.ClientSession
+) -> None:
+    w, api = world(sim), staff(sim, http)
+    project = await api.get(f"/api/projects/{w['apollo']}/")
+    assert project["image"] is None
+    path = sim.set_image(w["apollo"], b"\x89PNG-apollo")
+    sim.set_image(w["org"], b"\x89PNG-acme", "image/jpeg")
+    project = await api.get(f"/api/projects/{w['apollo']}/")
+    assert project["image"] == f"{sim.url}{path}"
+    customer = await api.get(f"/api/customers/{w['org']}/")
+    assert customer["image"].startswith(f"{sim.url}/media/customer_images/")
+    assert customer["image"].endswith(".jpeg")
+    # Media is served like Django's MEDIA_URL: no token needed.
+    async with http.get(project["image"]) as resp:
+        assert resp.status == 200 and resp.content_type == "image/png"
+        assert await resp.read() == b"\x89PNG-apollo"
+    # A new upload gets a new file name; the update event names the project.
+    again = sim.set_image(w["apollo"], b"\x89PNG-apollo")
+    assert again != path
+    events = await api.get(
+        f"/api/events/?event_type=project_update_succeeded&scope={project['url']}"
+    )
+    assert any("Image has been changed" in e["message"] for e in events)
+    sim.set_image(w["apollo"], None)
+    assert (await api.get(f"/api/projects/{w['apollo']}/"))["image"] is None
+    async with http.get(f"{sim.url}{path}") as resp:
+        assert resp.status == 404

@@ -593,3 +593,57 @@ async def test_context_manager_closes_its_session(serve: Serve) -> None:
 def test_constructor_rejects_bad_configuration(url: str, token: str) -> None:
     with pytest.raises(ValueError):
         WaldurClient(url, token)
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def image_handler(seen: list[str | None], body: bytes, content_type: str = "image/png") -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(body=body, content_type=content_type)
+
+    return handler
+
+
+async def test_image_on_the_waldur_host_is_fetched_with_the_token(
+    serve: Serve, make_client: MakeClient
+) -> None:
+    seen: list[str | None] = []
+    base = await serve({"/media/project_images/a.png": image_handler(seen, b"\x89PNG-a")})
+    client = make_client(base)
+    data, content_type = await client.get_image(f"{base}media/project_images/a.png")
+    assert (data, content_type) == (b"\x89PNG-a", "image/png")
+    assert seen == [f"Token {TOKEN}"]
+
+
+async def test_image_elsewhere_is_fetched_without_the_token(
+    serve: Serve, make_client: MakeClient
+) -> None:
+    seen: list[str | None] = []
+    base = await serve({"/logo.png": image_handler(seen, b"\x89PNG-b")})
+    client = make_client(base)
+    # The same loopback server under another host name: not the configured Waldur host.
+    foreign = base.replace("127.0.0.1", "localhost")
+    data, _ = await client.get_image(f"{foreign}logo.png")
+    assert data == b"\x89PNG-b"
+    assert seen == [None]
+
+
+async def test_non_images_and_oversized_images_are_refused(
+    serve: Serve, make_client: MakeClient
+) -> None:
+    seen: list[str | None] = []
+    base = await serve(
+        {
+            "/page": image_handler(seen, b"<html>", "text/html"),
+            "/big.png": image_handler(seen, b"x" * 2048),
+        }
+    )
+    client = make_client(base)
+    with pytest.raises(WaldurProtocolError, match="content type"):
+        await client.get_image(f"{base}page")
+    with pytest.raises(WaldurProtocolError, match="over the 1024 byte limit"):
+        await client.get_image(f"{base}big.png", max_bytes=1024)
+    with pytest.raises(WaldurProtocolError, match="not an absolute"):
+        await client.get_image("/media/relative.png")

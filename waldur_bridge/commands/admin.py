@@ -48,7 +48,9 @@ def admin_help() -> fmt.Reply:
         "- `rooms [--state active|disabled|error] [--customer <org>] [text]`: list portals",
         "- `create <project>`: create the project's room now",
         "- `create-all [--customer <org>] [--dry-run]`: rooms for every project without one",
-        "- `sync <project|all> [--dry-run]`: reconcile now, or show what would change",
+        "- `sync <project|organization|all> [--dry-run]`: reconcile now (an organization:"
+        " its rooms and its space), or show what would change",
+        "- `spaces [text]`: organization spaces, with their rooms and members",
         "- `disable <project> [--export] [--reason <text>]`: close a room, remove its members",
         "- `reactivate <project>`: open a disabled room again and sync it",
         "- `retry <project>`: retry a room in the error state",
@@ -57,6 +59,7 @@ def admin_help() -> fmt.Reply:
         "- `whois <matrix id|waldur user>`: how a person maps between Waldur and Matrix",
         "- `held`, `approve <project|all>`, `reject <project|all>`: mass removals on hold",
         "- `audit <project|person> [--since 7d|2026-11-01]`: who was added or removed, and why",
+        "- `approve-space <organization>`: carry out removals held in a space",
         "- `diagnose`: live checks of the homeserver, Waldur and the bridge",
         "- `version`, `help`",
         "",
@@ -287,7 +290,18 @@ async def sync(evt: WaldurCommandEvent) -> None:
         queued = await run(evt, service.sweep())
         await evt.reply(f"Sweep done: {queued} portal(s) queued for reconcile.")
         return
-    project, portal = await portal_for(evt, query)
+    try:
+        project, portal = await portal_for(evt, query)
+    except CommandError:
+        # Not a project: an organization's rooms and its space.
+        from .spaces import resolve_customer, sync_organization
+
+        customer = await resolve_customer(evt, query)
+        if customer is None or options.get("dry-run"):
+            raise
+        await sync_organization(evt, customer)
+        return
+    evt.bridge.sync.drift.forget(portal.room_id or "")
     name = _md(project.name if project else portal.name)
     if options.get("dry-run"):
         try:

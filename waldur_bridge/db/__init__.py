@@ -12,6 +12,7 @@ from .instance import BridgeInstance
 from .member import PortalMember
 from .portal import Portal
 from .puppet import Puppet
+from .space import CustomerSpace, PortalDecoration, SpaceMember
 from .state import BridgeState
 from .txn import AppserviceTxn
 from .upgrade import upgrade_table
@@ -27,11 +28,14 @@ __all__ = [
     "AuditEntry",
     "BridgeInstance",
     "BridgeState",
+    "CustomerSpace",
     "Cursor",
     "HeldRemoval",
     "Portal",
+    "PortalDecoration",
     "PortalMember",
     "Puppet",
+    "SpaceMember",
     "User",
     "init",
     "upgrade_table",

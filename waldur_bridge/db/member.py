@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from attr import dataclass
 
@@ -15,6 +15,9 @@ _COLUMNS = (
 
 @dataclass
 class PortalMember(Table):
+    # SpaceMember keeps the same facts for spaces in its own table.
+    _table: ClassVar[str] = "portal_member"
+
     project_uuid: str
     mxid: str
     waldur_user_uuid: str | None = None
@@ -33,20 +36,20 @@ class PortalMember(Table):
 
     @classmethod
     async def for_project(cls, project_uuid: str) -> dict[str, PortalMember]:
-        q = f"SELECT {_COLUMNS} FROM portal_member WHERE project_uuid=$1"
+        q = f"SELECT {_COLUMNS} FROM {cls._table} WHERE project_uuid=$1"
         rows = await cls.db.fetch(q, project_uuid)
         return {row["mxid"]: cls._from_row(row) for row in rows}
 
     @classmethod
     async def get(cls, project_uuid: str, mxid: str) -> PortalMember | None:
-        q = f"SELECT {_COLUMNS} FROM portal_member WHERE project_uuid=$1 AND mxid=$2"
+        q = f"SELECT {_COLUMNS} FROM {cls._table} WHERE project_uuid=$1 AND mxid=$2"
         row = await cls.db.fetchrow(q, project_uuid, mxid)
         return None if row is None else cls._from_row(row)
 
     async def save(self) -> None:
         self.updated_at = now_ms()
         q = f"""
-            INSERT INTO portal_member ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+            INSERT INTO {self._table} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
             ON CONFLICT (project_uuid, mxid) DO UPDATE SET
                 waldur_user_uuid=excluded.waldur_user_uuid, added_by=excluded.added_by,
                 left_voluntarily=excluded.left_voluntarily,
@@ -64,5 +67,5 @@ class PortalMember(Table):
         )
 
     async def delete(self) -> None:
-        q = "DELETE FROM portal_member WHERE project_uuid=$1 AND mxid=$2"
+        q = f"DELETE FROM {self._table} WHERE project_uuid=$1 AND mxid=$2"
         await self.db.execute(q, self.project_uuid, self.mxid)

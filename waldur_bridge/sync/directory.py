@@ -50,6 +50,7 @@ def to_project(project: Project) -> ProjectInfo:
         description=project.description or "",
         customer_name=project.customer_name or "",
         removed=project.is_removed,
+        image=project.image,
     )
 
 

@@ -88,6 +88,8 @@ class PlanExecutor:
         (a hold lasts across sweeps; it is recorded once, not on every run)."""
         outcome = Outcome()
         room_id = RoomID(portal.room_id or "")
+        # Spaces keep their member records in a table of their own.
+        records: type[PortalMember] = getattr(portal, "member_class", PortalMember)
         intent = portal.main_intent
 
         async def audited(
@@ -138,7 +140,7 @@ class PlanExecutor:
                 )
             ):
                 return
-            await PortalMember(
+            await records(
                 project_uuid=portal.project_uuid,
                 mxid=user_id,
                 waldur_user_uuid=user_uuids.get(user_id),
@@ -184,7 +186,7 @@ class PlanExecutor:
                         raise
 
             if await audited("kick", action.user_id, action.cause, do_kick):
-                member = await PortalMember.get(portal.project_uuid, action.user_id)
+                member = await records.get(portal.project_uuid, action.user_id)
                 if member is not None:
                     await member.delete()
 

@@ -116,6 +116,8 @@ class ProjectInfo:
     description: str
     customer_name: str
     removed: bool = False
+    # URL of the project's image in Waldur (the room's avatar), or None.
+    image: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,17 @@ class Result:
     role_changes: list[tuple[str, str, bool]] = field(default_factory=list)
     # The view the plan was made from, when a fresh read replaced the one passed in.
     view: ProjectView | None = None
+    # What was wanted, per Matrix ID (the organization's space is built from these).
+    team: Team | None = None
+
+
+@dataclass
+class Team:
+    desired: DesiredRoom
+    puppets: dict[str, Puppet]
+    displaynames: dict[str, str]
+    signatures: dict[str, str]
+    user_uuids: dict[str, str]
 
 
 class Reconciler:
@@ -367,7 +378,8 @@ class Reconciler:
         changes = await self._track_roles(
             portal, result, records, signatures, displaynames, puppets
         )
-        return Result(result, outcome, changes, replaced)
+        team = Team(desired, puppets, displaynames, signatures, user_uuids)
+        return Result(result, outcome, changes, replaced, team)
 
     async def _track_roles(
         self,

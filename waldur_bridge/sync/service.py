@@ -27,6 +27,7 @@ from .changes import (
     hint_from_event,
 )
 from .directory import ProjectGone, ProjectView, WaldurDirectory
+from .drift import DriftGuard
 from .executor import PlanExecutor
 from .expiry import ExpiryTimers
 from .planner import Plan
@@ -34,6 +35,7 @@ from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
 from .queue import CoalescingQueue
 from .reconciler import Reconciler, Result
 from .sessions import SessionCloser
+from .spaces import SpaceSync
 
 if TYPE_CHECKING:
     from ..__main__ import WaldurBridge
@@ -131,10 +133,13 @@ class SyncService:
             lambda: bridge.waldur.stats,
             lambda: sum(self.executor.held.values()),
         )
+        self.spaces = SpaceSync(bridge, self)
+        self.drift = DriftGuard(bridge, self)
 
     # region lifecycle
 
     async def start(self) -> None:
+        await self.spaces.start()
         self.queue.start()
         self._tasks.append(asyncio.create_task(self._sweep_loop(), name="waldur-sweep"))
         if self.config["waldur.events.enabled"]:
@@ -149,10 +154,13 @@ class SyncService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.stop(grace)
         await self.sessions.stop()
+        await self.spaces.stop()
         self.expiry.cancel_all()
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         await self.queue.wait_idle(timeout)
+        # Portal reconciles queue their organization's space; spaces queue nothing back.
+        await self.spaces.wait_idle(timeout)
 
     # endregion
     # region feeds
@@ -291,6 +299,7 @@ class SyncService:
                     queued.add(project.uuid)
             for project_uuid in queued:
                 self.request_project(project_uuid, SWEEP, background=True)
+            await self.spaces.on_sweep()
             SWEEPS.labels(outcome="ok").inc()
             mark_good_sweep()
             self.last_sweep = {
@@ -381,6 +390,7 @@ class SyncService:
             return None
         view = result.view or view
         self.expiry.schedule(project_uuid, view.grants)
+        await self.spaces.after_portal(portal, view, result, reasons)
         await self._report_holds(portal, result)
         await self._role_notices(portal, result)
         if result.outcome.failed:
@@ -486,7 +496,9 @@ class SyncService:
             await portal.send_reply(room_closed_notice(reason))
         except Exception as e:
             log.warning("Could not post the closing notice in %s: %s", portal.room_id, e)
-        return await self._close(portal, reason)
+        result = await self._close(portal, reason)
+        await self.spaces.portal_closed(portal)
+        return result
 
     async def _close(self, portal: Portal, reason: str) -> Result:
         view = ProjectView(self._gone_project(portal), [], {}, {}, complete=True)

@@ -240,6 +240,50 @@ class WaldurClient:
             )
         return items
 
+    # --- images -------------------------------------------------------------------------------
+
+    async def get_image(self, url: str, max_bytes: int = 5 * 1024 * 1024) -> tuple[bytes, str]:
+        """The bytes and content type of an image Waldur links to (a project's or an
+        organization's ``image``).
+
+        The token goes along only when the image is on the configured Waldur host; images
+        elsewhere (a CDN, object storage) are fetched without it.
+        """
+        link = URL(url)
+        if not link.is_absolute() or link.scheme not in ("http", "https"):
+            raise WaldurProtocolError(f"image URL is not an absolute http(s) URL: {url!r}")
+        if link.raw_host == self._base.raw_host:
+            reply = await self._send("GET", self._rebase(link))
+            body, content_type = reply.body, reply.headers.get("Content-Type", "")
+        else:
+            body, content_type = await self._get_foreign(link)
+        if len(body) > max_bytes:
+            raise WaldurProtocolError(
+                f"image at {link.path} is {len(body)} bytes, over the {max_bytes} byte limit"
+            )
+        content_type = content_type.split(";", 1)[0].strip().lower()
+        if not content_type.startswith("image/"):
+            raise WaldurProtocolError(f"image at {link.path} has content type {content_type!r}")
+        return body, content_type
+
+    async def _get_foreign(self, link: URL) -> tuple[bytes, str]:
+        session = self._get_session()
+        try:
+            async with session.get(
+                link, timeout=self._timeout, headers={"User-Agent": self._headers["User-Agent"]}
+            ) as response:
+                if response.status != 200:
+                    raise WaldurRequestError(
+                        f"image at {link.host}{link.path}: HTTP {response.status}",
+                        path=link.path,
+                        status=response.status,
+                    )
+                return await response.read(), response.headers.get("Content-Type", "")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise WaldurUnavailable(
+                f"cannot fetch image from {link.host}: {_describe_exception(exc)}", path=link.path
+            ) from exc
+
     # --- users, customers, projects -----------------------------------------------------------
 
     async def me(self) -> User:

@@ -179,6 +179,8 @@ class Customer:
     slug: str
     abbreviation: str
     description: str
+    # URL of the organization's logo, or None.
+    image: str | None = None
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Self:
@@ -190,6 +192,7 @@ class Customer:
             slug=_opt_str(kind, data, "slug"),
             abbreviation=_opt_str(kind, data, "abbreviation"),
             description=_opt_str(kind, data, "description"),
+            image=_opt_str_or_none(kind, data, "image") or None,
         )
 
 
@@ -205,6 +208,8 @@ class Project:
     customer_name: str
     is_removed: bool
     end_date: date | None
+    # URL of the project's image, or None.
+    image: str | None = None
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Self:
@@ -220,6 +225,7 @@ class Project:
             # 7.0 has no is_removed: soft-deleted projects are simply not listed there.
             is_removed=bool(_opt_bool(kind, data, "is_removed")),
             end_date=_opt_date(kind, data, "end_date"),
+            image=_opt_str_or_none(kind, data, "image") or None,
         )
 
 

@@ -6,4 +6,9 @@ from mautrix.util.async_db import UpgradeTable
 
 upgrade_table = UpgradeTable()
 
-from . import v00_latest_revision, v02_bridge_instance  # noqa: E402,F401  (register on import)
+# Each step registers itself on import, at its explicit index (the revision it upgrades from).
+from . import (  # noqa: E402,F401
+    v00_latest_revision,
+    v02_spaces,
+    v03_bridge_instance,
+)

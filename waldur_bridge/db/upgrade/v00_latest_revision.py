@@ -6,7 +6,7 @@ from mautrix.util.async_db import Connection, Scheme
 
 from . import upgrade_table
 
-LATEST_REVISION = 2
+LATEST_REVISION = 3
 
 
 @upgrade_table.register(description="Latest revision", upgrades_to=LATEST_REVISION)
@@ -30,13 +30,22 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
         )"""
     )
     await conn.execute("CREATE INDEX portal_customer_idx ON portal (customer_uuid)")
+    # The space of one Waldur organization, and what the bridge last wrote there.
     await conn.execute(
         """CREATE TABLE customer_space (
-            customer_uuid TEXT PRIMARY KEY,
-            room_id       TEXT UNIQUE NOT NULL,
-            name          TEXT NOT NULL DEFAULT ''
+            customer_uuid    TEXT PRIMARY KEY,
+            room_id          TEXT UNIQUE NOT NULL,
+            name             TEXT NOT NULL DEFAULT '',
+            topic            TEXT NOT NULL DEFAULT '',
+            state            TEXT NOT NULL DEFAULT 'active',
+            avatar_url       TEXT,
+            avatar_hash      TEXT,
+            avatar_mxc       TEXT,
+            bridge_info_hash TEXT,
+            updated_at       BIGINT NOT NULL DEFAULT 0
         )"""
     )
+    await create_decorations(conn)
     # A puppet is the bridge-controlled Matrix account of one Waldur user.
     await conn.execute(
         """CREATE TABLE puppet (
@@ -125,10 +134,42 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
             UNIQUE (project_uuid, mxid)
         )"""
     )
+
     await create_bridge_instance(conn)
 
 
+async def create_decorations(conn: Connection) -> None:
+    """Tables new in v2 (shared with its upgrade step)."""
+    # Per portal: which space it was last linked to (and with what order), and the avatar and
+    # bridge info last written, so a steady sweep writes nothing and a change writes once.
+    await conn.execute(
+        """CREATE TABLE portal_decoration (
+            project_uuid     TEXT PRIMARY KEY REFERENCES portal(project_uuid) ON DELETE CASCADE,
+            space_room_id    TEXT,
+            child_order      TEXT,
+            avatar_url       TEXT,
+            avatar_hash      TEXT,
+            avatar_mxc       TEXT,
+            bridge_info_hash TEXT
+        )"""
+    )
+    # What the bridge knows of the managed members of each space (like portal_member).
+    await conn.execute(
+        """CREATE TABLE space_member (
+            project_uuid     TEXT NOT NULL,
+            mxid             TEXT NOT NULL,
+            waldur_user_uuid TEXT,
+            added_by         TEXT NOT NULL DEFAULT 'unknown',
+            left_voluntarily BOOLEAN NOT NULL DEFAULT false,
+            role_signature   TEXT NOT NULL DEFAULT '',
+            updated_at       BIGINT NOT NULL,
+            PRIMARY KEY (project_uuid, mxid)
+        )"""
+    )
+
+
 async def create_bridge_instance(conn: Connection) -> None:
+    """The table new in v3 (shared with its upgrade step)."""
     # One row per running instance, refreshed by heartbeats: which is active, which wait.
     await conn.execute(
         """CREATE TABLE bridge_instance (
