@@ -536,3 +536,30 @@ def unknown_command_reply(word: str, prefix: str) -> Reply:
             " for the list.",
         )
     )
+
+
+# --- management room reports ----------------------------------------------------------------
+
+
+def alias_conflict_report(
+    project_name: str, project_uuid: str, alias: str, room_id: str | None, reason: str
+) -> Reply:
+    """The project's alias holds a room the bridge cannot adopt, so it creates none."""
+    parts: list[_Frag | str] = [
+        "No room for ",
+        _bold(_value(project_name)),
+        " (",
+        _code(project_uuid),
+        "): its alias ",
+        _code(alias),
+    ]
+    if room_id:
+        parts += [" points to ", _code(room_id)]
+    parts += [
+        ": ",
+        _value(reason, limit=ERROR_LIMIT),
+        ". Free the alias (or fix the registration's alias namespace), then send ",
+        _code(f"retry {project_uuid}"),
+        ".",
+    ]
+    return _line(_cat(*parts))

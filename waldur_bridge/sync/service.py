@@ -12,8 +12,14 @@ from typing import TYPE_CHECKING
 from mautrix.util.opt_prometheus import Counter, Gauge, Histogram
 
 from ..db import HeldRemoval, PortalMember, portal as states
-from ..messages import order_notice as fmt_order_notice, role_notice, room_closed_notice
+from ..messages import (
+    alias_conflict_report,
+    order_notice as fmt_order_notice,
+    role_notice,
+    room_closed_notice,
+)
 from ..portal import Portal
+from ..room_creation import AliasConflict
 from ..waldur import Event, WaldurError
 from .changes import (
     ORDER_EVENTS,
@@ -26,7 +32,7 @@ from .changes import (
 )
 from .directory import ProjectGone, ProjectView, WaldurDirectory
 from .executor import PlanExecutor
-from .planner import Plan
+from .planner import CurrentRoom, Plan
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
 from .queue import CoalescingQueue
 from .reconciler import Reconciler, Result
@@ -47,6 +53,10 @@ SWEEP = "sweep"
 CREATE = "create"
 REACTIVATE = "reactivate"
 CLOSE = "close"
+
+
+def _roles_text(roles: tuple[str, ...]) -> str:
+    return f"role {', '.join(roles)}" if roles else "desired by policy"
 
 
 class IncompleteRead(Exception):
@@ -292,10 +302,14 @@ class SyncService:
             if portal is not None and portal.room_id and portal.state != states.DISABLED:
                 await self.disable(portal, "the project was deleted in Waldur")
             return None
+        created_state: CurrentRoom | None = None
         if portal is None or not portal.room_id:
             if not (CREATE in reasons or self.wants_portal(view.project)):
                 return None
-            portal = await self._create_portal(view)
+            creation = await self._create_portal(view)
+            if creation is None:
+                return None
+            portal, created_state = creation
         elif portal.state != states.ACTIVE:
             portal.state = states.ACTIVE
             portal.error = None
@@ -303,7 +317,9 @@ class SyncService:
         # Sweeps after the first plan from the state store the homeserver's pushes keep; the
         # first sweep after start and every change Waldur reports read the room fresh.
         cached = reasons == {SWEEP} and self._sweeps > 1
-        result = await self.reconciler.reconcile(portal, view, cached_state=cached)
+        result = await self.reconciler.reconcile(
+            portal, view, cached_state=cached, current=created_state
+        )
         await self._report_holds(portal, result)
         await self._role_notices(portal, result)
         if result.outcome.failed:
@@ -315,22 +331,75 @@ class SyncService:
             raise IncompleteRead("; ".join(view.problems))
         return result
 
-    async def _create_portal(self, view: ProjectView) -> Portal:
+    async def _create_portal(self, view: ProjectView) -> tuple[Portal, CurrentRoom | None] | None:
+        """Create (or adopt) the project's room with its team invited at their levels.
+
+        Returns the portal and, for a room made just now, its state as created (nothing is
+        read back); None when the alias is held by a room that is not this project's.
+        """
         project = view.project
         portal = await Portal.get_by_project(project.uuid, project.customer_uuid)
         assert portal is not None
         portal.customer_uuid = project.customer_uuid
+        desired, puppets, displaynames, signatures, user_uuids = await self.reconciler.desired(
+            view
+        )
+        # Accounts and names first, while the puppets are in no room: cheapest then, and the
+        # invites carry the names.
+        await self.executor.prepare_puppets(puppets, displaynames)
+        bot = str(self.bridge.az.bot_mxid)
+        invitees, levels = self.reconciler.initial_team(
+            desired, bot, self.config["homeserver.domain"]
+        )
         try:
-            await portal.create_room(project.name, self.reconciler.topic_for(project))
+            created = await portal.create_room(
+                project.name, self.reconciler.topic_for(project), invitees, levels
+            )
+        except AliasConflict as e:
+            await self._report_alias_conflict(portal, e)
+            return None
         except Exception as e:
             portal.state = states.ERROR
             portal.error = str(e)[:500]
             await portal.save()
             raise
-        log.info(
-            "Created portal %s for project %s (%s)", portal.room_id, project.name, project.uuid
+        if created.adopted:
+            return portal, None
+        invited = {
+            user_id: f"{_roles_text(desired.members[user_id].roles)}; invited with the new room"
+            for user_id in created.room.invited
+        }
+        await self.executor.record_creation(
+            portal, invited, levels, role_signatures=signatures, user_uuids=user_uuids
         )
-        return portal
+        log.info(
+            "Created portal %s for project %s (%s) with %d invited",
+            portal.room_id,
+            project.name,
+            project.uuid,
+            len(invited),
+        )
+        return portal, self.reconciler.created_room_state(created)
+
+    async def _report_alias_conflict(self, portal: Portal, conflict: AliasConflict) -> None:
+        """The alias holds a room this project cannot adopt: no second room, an admin looks."""
+        error = str(conflict)[:500]
+        repeated = portal.state == states.ERROR and portal.error == error
+        portal.state = states.ERROR
+        portal.error = error
+        await portal.save()
+        if repeated:
+            return
+        log.warning(
+            "Not creating a room for project %s: %s. Free the alias (or fix the registration) "
+            "and use `retry` in the management room",
+            portal.project_uuid,
+            error,
+        )
+        report = alias_conflict_report(
+            portal.name, portal.project_uuid, conflict.alias, conflict.room_id, conflict.reason
+        )
+        await self.bridge.notify_admins(report.markdown)
 
     async def create_portal(self, project_uuid: str, wait: bool = False) -> None:
         """Admin action: create (or re-sync) the room of one project regardless of the mode."""

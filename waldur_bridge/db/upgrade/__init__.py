@@ -6,4 +6,7 @@ from mautrix.util.async_db import UpgradeTable
 
 upgrade_table = UpgradeTable()
 
-from . import v00_latest_revision  # noqa: E402,F401  (registers itself on import)
+from . import (  # noqa: E402,F401  (register themselves on import)
+    v00_latest_revision,
+    v02_portal_alias,
+)
