@@ -209,6 +209,12 @@ class Config(BaseBridgeConfig):
             value = self.get(key, 1)
             if isinstance(value, (int, float)) and value <= 0:
                 problems.append(f"{key}: must be a positive number of seconds, got {value!r}.")
+        progress = self.get("bridge.portals.progress_interval", 10)
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or progress < 0:
+            problems.append(
+                "bridge.portals.progress_interval: must be a number of seconds, 0 or more "
+                f"(0: no progress lines), got {progress!r}."
+            )
         if self.get("bridge.membership.concurrency", 1) < 1:
             problems.append("bridge.membership.concurrency: must be at least 1.")
         levels = self.get("bridge.membership.power_levels", {}) or {}

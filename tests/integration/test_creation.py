@@ -4,6 +4,7 @@ that arrive with the invite."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +16,7 @@ from waldur_bridge.db import AuditEntry, Portal as DBPortal, portal as states
 from waldur_devenv.matrix_user import MatrixTestUser
 
 from .helpers import BridgeEnv, wait_for
+from .test_commands import ask
 
 both_generations = pytest.mark.parametrize("simulator", ["current", "7.0"], indirect=True)
 
@@ -222,5 +224,101 @@ async def test_alias_held_by_a_foreign_room_is_reported_not_duplicated(
         # A second sweep neither creates a room nor reports again.
         await bridge_env.sweep()
         assert await rooms_linked_to(bridge_env, project) == []
+    finally:
+        await admin.close()
+
+
+async def test_initial_sync_logs_its_summary(
+    bridge_env: BridgeEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="waldur.sync.progress")
+    ids = two_projects(bridge_env)
+    await bridge_env.start(**{"bridge.portals.progress_interval": 0.05})
+    await wait_for(
+        lambda: _true(any("Initial sync done" in r.message for r in caplog.records)),
+        60,
+        "the initial sync summary",
+    )
+    summary = next(r.message for r in caplog.records if "Initial sync done" in r.message)
+    assert "2 rooms (2 created)" in summary, summary
+    assert "4 members (4 added)" in summary, summary
+    assert "0 removals held" in summary, summary
+    for project in ("p1", "p2"):
+        assert await bridge_env.portal_room(ids[project])
+
+
+async def test_duplicates_from_an_older_version_are_reported_and_tidied(
+    bridge_env: BridgeEnv,
+) -> None:
+    """An older version's crash left two rooms with the project's link: the tracked one
+    without the alias, and a leftover holding the alias. The bridge reports it after the
+    initial sync; `duplicates --tidy` closes the leftover and moves the alias."""
+    sim = bridge_env.sim
+    suffix = secrets.token_hex(3)
+    admin_id, token = await bridge_env.hs.register_user(f"admin{suffix}", "pw")
+    admin = MatrixTestUser(bridge_env.hs.url, admin_id, token)
+    org = sim.add_customer("Dup Org")
+    project = sim.add_project(org, "Twin")
+    ann = sim.add_user(f"ann{suffix}", "Ann")
+    sim.grant(ann, project, "PROJECT.ADMIN")
+    ann_id = bridge_env.puppet(f"ann{suffix}")
+    link = {
+        "type": "org.waldur.project",
+        "state_key": "",
+        "content": {"project_uuid": project, "customer_uuid": org},
+    }
+    leftover = (
+        await hs_call(
+            bridge_env,
+            "POST",
+            "/createRoom",
+            {"room_alias_name": f"waldur_{project}", "name": "Twin", "initial_state": [link]},
+        )
+    )["room_id"]
+    await hs_call(bridge_env, "POST", f"/rooms/{leftover}/invite", {"user_id": ann_id})
+    tracked = (
+        await hs_call(bridge_env, "POST", "/createRoom", {"name": "Twin", "initial_state": [link]})
+    )["room_id"]
+    settings = {
+        "bridge.portals.create": "none",
+        "bridge.management_room": f"#waldur_dup{suffix}:localhost",
+        "bridge.permissions": {"*": "user", admin_id: "admin"},
+    }
+    try:
+        # The older version's database: the project's portal is the room without the alias.
+        await bridge_env.start(**settings)
+        await DBPortal(
+            project_uuid=project, customer_uuid=org, room_id=tracked, state=states.ACTIVE
+        ).save()
+        mgmt = await admin.wait_for_invite(timeout=10)
+        await admin.join(mgmt)
+        await bridge_env.stop()
+
+        await bridge_env.start()
+        report = await admin.wait_for_event(
+            mgmt, lambda e: "duplicate project room" in e["content"].get("body", ""), 30
+        )
+        assert leftover in report["content"]["body"]
+        assert "holds the project's alias" in report["content"]["body"]
+        await bridge_env.settle()
+        assert (await bridge_env.members(tracked)).get(ann_id) == "join"
+
+        listing = await ask(admin, mgmt, "duplicates")
+        assert leftover in listing["body"] and tracked in listing["body"]
+        tidied = await ask(admin, mgmt, "duplicates --tidy")
+        assert "Closed 1 duplicate room" in tidied["body"], tidied["body"]
+
+        assert await resolve_alias(bridge_env, project) == tracked
+        assert leftover not in (await bridge_env.hs_get("/joined_rooms"))["joined_rooms"]
+        assert await rooms_linked_to(bridge_env, project) == [tracked]
+        audit = [e for e in await AuditEntry.recent(project) if e.action == "close-duplicate"]
+        assert len(audit) == 1 and audit[0].room_id == leftover
+        row = await DBPortal.get_by_project(project)
+        assert row is not None and row.alias == f"#waldur_{project}:localhost"
+        # The person invited into the leftover was removed; the team's room is untouched.
+        assert (await bridge_env.members(tracked)).get(ann_id) == "join"
+        # (The session's Synapse holds other tests' rooms too: look at this project only.)
+        again = await ask(admin, mgmt, "duplicates")
+        assert leftover not in again["body"] and project not in again["body"]
     finally:
         await admin.close()

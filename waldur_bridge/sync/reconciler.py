@@ -51,6 +51,8 @@ class Result:
     outcome: Outcome
     # (display name, role name, gained) for people whose roles changed, read from Waldur.
     role_changes: list[tuple[str, str, bool]] = field(default_factory=list)
+    # How many people the room should hold (the desired team).
+    members: int = 0
 
 
 class Reconciler:
@@ -362,7 +364,7 @@ class Reconciler:
         changes = await self._track_roles(
             portal, result, records, signatures, displaynames, puppets
         )
-        return Result(result, outcome, changes)
+        return Result(result, outcome, changes, members=len(desired.members))
 
     async def _track_roles(
         self,

@@ -9,11 +9,14 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from mautrix.errors import MatrixRequestError
 from mautrix.util.opt_prometheus import Counter, Gauge, Histogram
 
 from ..db import HeldRemoval, PortalMember, portal as states
+from ..duplicates import DuplicateFinder
 from ..messages import (
     alias_conflict_report,
+    duplicates_report,
     order_notice as fmt_order_notice,
     role_notice,
     room_closed_notice,
@@ -32,8 +35,9 @@ from .changes import (
 )
 from .directory import ProjectGone, ProjectView, WaldurDirectory
 from .executor import PlanExecutor
-from .planner import CurrentRoom, Plan
+from .planner import CurrentRoom, Invite, Plan
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
+from .progress import InitialSyncProgress
 from .queue import CoalescingQueue
 from .reconciler import Reconciler, Result
 
@@ -110,6 +114,9 @@ class SyncService:
         self._reported_holds: dict[str, frozenset[str]] = {}
         # Last state told to each order's room, so a change reported twice is told once.
         self._order_states: dict[str, str] = {}
+        # The first sweep's progress, for the operator's log; invites made by createRoom.
+        self.progress: InitialSyncProgress | None = None
+        self._created_invites: dict[str, int] = {}
 
     # region lifecycle
 
@@ -241,6 +248,11 @@ class SyncService:
             for project in snapshot.projects.values():
                 if self.wants_portal(project):
                     queued.add(project.uuid)
+            if self._sweeps == 1:
+                self.progress = InitialSyncProgress(queued)
+                self._tasks.append(
+                    asyncio.create_task(self._after_initial_sync(), name="waldur-initial-sync")
+                )
             for project_uuid in queued:
                 self.request_project(project_uuid, SWEEP)
             SWEEPS.labels(outcome="ok").inc()
@@ -259,6 +271,35 @@ class SyncService:
                 len(queued),
             )
             return len(queued)
+
+    async def _after_initial_sync(self) -> None:
+        assert self.progress is not None
+        await self.progress.report(self.config["bridge.portals.progress_interval"])
+        await self.report_duplicates()
+
+    async def report_duplicates(self) -> None:
+        """Tell the admins about duplicate project rooms an older version left behind."""
+        try:
+            leftovers = await DuplicateFinder(self.bridge).find()
+        except MatrixRequestError as e:
+            log.warning("Could not look for duplicate project rooms: %s", e)
+            return
+        if not leftovers:
+            return
+        log.warning(
+            "Found %d duplicate project room(s) (%s); `duplicates --tidy` in the management "
+            "room closes them",
+            len(leftovers),
+            ", ".join(x.room_id for x in leftovers),
+        )
+        report = duplicates_report(
+            [
+                (x.room_id, x.project_name, x.project_uuid, x.kept_room_id, x.holds_alias)
+                for x in leftovers
+            ],
+            tidy_hint=any(x.tidiable for x in leftovers),
+        )
+        await self.bridge.notify_admins(report.markdown)
 
     def wants_portal(self, project: ProjectInfo) -> bool:
         if self.create_mode == "all":
@@ -279,12 +320,26 @@ class SyncService:
     async def _reconcile_worker(self, project_uuid: str, reasons: frozenset[str]) -> None:
         started = time.monotonic()
         try:
-            await self._reconcile(project_uuid, reasons)
+            result = await self._reconcile(project_uuid, reasons)
         except Exception:
             RECONCILES.labels(outcome="failed").inc()
+            self._created_invites.pop(project_uuid, None)
+            if self.progress is not None:
+                self.progress.room_failed(project_uuid)
             raise
         else:
             RECONCILES.labels(outcome="ok").inc()
+            invited = self._created_invites.pop(project_uuid, None)
+            if self.progress is not None:
+                plan = result.plan if result is not None else None
+                self.progress.room_done(
+                    project_uuid,
+                    members=result.members if result is not None else 0,
+                    added=(invited or 0)
+                    + (sum(isinstance(a, Invite) for a in plan.actions) if plan else 0),
+                    held=len(plan.held) if plan else 0,
+                    created=invited is not None,
+                )
         finally:
             RECONCILE_TIME.observe(time.monotonic() - started)
             QUEUE_SIZE.set(self.queue.size)
@@ -372,6 +427,7 @@ class SyncService:
         await self.executor.record_creation(
             portal, invited, levels, role_signatures=signatures, user_uuids=user_uuids
         )
+        self._created_invites[project.uuid] = len(invited)
         log.info(
             "Created portal %s for project %s (%s) with %d invited",
             portal.room_id,
