@@ -48,17 +48,24 @@ def test_summary_counts_created_added_held_and_failed() -> None:
 
 async def test_report_logs_lines_then_the_summary(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="waldur.sync.progress")
-    progress = InitialSyncProgress(["a", "b"])
-    reporter = asyncio.create_task(progress.report(0.01))
+    line_seen = asyncio.Event()
 
-    async def first_line() -> None:
-        while not any(r.message.startswith("Initial sync: 0/2") for r in caplog.records):
-            await asyncio.sleep(0.01)
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Initial sync: 0/2 rooms"):
+                line_seen.set()
 
-    await asyncio.wait_for(first_line(), 30)
-    progress.room_done("a", members=1, added=1, held=0, created=True)
-    progress.room_done("b", members=1, added=1, held=0, created=True)
-    await asyncio.wait_for(reporter, 5)
+    watch = Watch()
+    logging.getLogger("waldur.sync.progress").addHandler(watch)
+    try:
+        progress = InitialSyncProgress(["a", "b"])
+        reporter = asyncio.create_task(progress.report(0.01))
+        await asyncio.wait_for(line_seen.wait(), 30)
+        progress.room_done("a", members=1, added=1, held=0, created=True)
+        progress.room_done("b", members=1, added=1, held=0, created=True)
+        await asyncio.wait_for(reporter, 30)
+    finally:
+        logging.getLogger("waldur.sync.progress").removeHandler(watch)
     assert caplog.records[-1].message.startswith("Initial sync done in")
 
 
