@@ -130,6 +130,33 @@ async def test_crash_between_create_room_and_saving(bridge_env: BridgeEnv) -> No
     assert len(await rooms_linked_to(bridge_env, ids["p1"])) == 1
 
 
+async def test_an_admins_create_cut_short_is_finished_after_restart(bridge_env: BridgeEnv) -> None:
+    """With portals.create none, only the recorded intent says the room should exist."""
+    ids = two_projects(bridge_env)
+    created: list[str] = []
+    never = asyncio.Event()
+
+    async def crash_here(room_id: str) -> None:
+        created.append(room_id)
+        await never.wait()
+
+    room_creation.after_create_room = crash_here
+    try:
+        await bridge_env.start(**{"bridge.portals.create": "none"})
+        await bridge_env.bridge.sync.create_portal(ids["p1"])
+        await wait_for(lambda: _true(len(created) == 1), 30, "createRoom")
+        await bridge_env.stop()
+    finally:
+        room_creation.after_create_room = None
+    await bridge_env.start()
+    await bridge_env.sweep()
+    room = await bridge_env.portal_room(ids["p1"])
+    assert room == created[0]
+    assert await resolve_alias(bridge_env, ids["p1"]) == room
+    assert (await bridge_env.members(room))[username(bridge_env, ids, "ben")] == "join"
+    assert await DBPortal.get_by_project(ids["p2"]) is None
+
+
 async def _true(value: bool) -> bool:
     return value
 

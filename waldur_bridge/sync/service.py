@@ -359,7 +359,10 @@ class SyncService:
             return None
         created_state: CurrentRoom | None = None
         if portal is None or not portal.room_id:
-            if not (CREATE in reasons or self.wants_portal(view.project)):
+            # A recorded intent (state creating) is finished whatever the mode: an admin's
+            # `create` may have been cut short by a crash.
+            resume = portal is not None and portal.state == states.CREATING and bool(portal.alias)
+            if not (CREATE in reasons or resume or self.wants_portal(view.project)):
                 return None
             creation = await self._create_portal(view)
             if creation is None:
