@@ -10,6 +10,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from .planner import Invite
+
+if TYPE_CHECKING:
+    from .reconciler import Result
 
 log = logging.getLogger("waldur.sync.progress")
 
@@ -60,6 +66,21 @@ class InitialSyncProgress:
         self.held += held
         self.created += int(created)
         self._check_done()
+
+    def reconciled(
+        self, project_uuid: str, result: Result | None, created_invites: int | None
+    ) -> None:
+        """A room's reconcile ended; `created_invites` counts createRoom's invites (None: the
+        room existed)."""
+        plan = result.plan if result is not None else None
+        self.room_done(
+            project_uuid,
+            members=result.members if result is not None else 0,
+            added=(created_invites or 0)
+            + (sum(isinstance(a, Invite) for a in plan.actions) if plan else 0),
+            held=len(plan.held) if plan else 0,
+            created=created_invites is not None,
+        )
 
     def room_failed(self, project_uuid: str) -> None:
         """Counted once; the queue retries it in the background."""

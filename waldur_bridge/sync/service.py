@@ -35,7 +35,7 @@ from .changes import (
 )
 from .directory import ProjectGone, ProjectView, WaldurDirectory
 from .executor import PlanExecutor
-from .planner import CurrentRoom, Invite, Plan
+from .planner import CurrentRoom, Plan
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
 from .progress import InitialSyncProgress
 from .queue import CoalescingQueue
@@ -331,15 +331,7 @@ class SyncService:
             RECONCILES.labels(outcome="ok").inc()
             invited = self._created_invites.pop(project_uuid, None)
             if self.progress is not None:
-                plan = result.plan if result is not None else None
-                self.progress.room_done(
-                    project_uuid,
-                    members=result.members if result is not None else 0,
-                    added=(invited or 0)
-                    + (sum(isinstance(a, Invite) for a in plan.actions) if plan else 0),
-                    held=len(plan.held) if plan else 0,
-                    created=invited is not None,
-                )
+                self.progress.reconciled(project_uuid, result, invited)
         finally:
             RECONCILE_TIME.observe(time.monotonic() - started)
             QUEUE_SIZE.set(self.queue.size)
