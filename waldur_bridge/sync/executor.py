@@ -165,14 +165,12 @@ class PlanExecutor:
     ) -> None:
         """Register puppets and set their names before a room is created for them: a name set
         while the account is in no room costs the homeserver no membership updates, and the
-        invites carry it. Failures are left to the joins, which retry them."""
+        invites carry it. A failure (the homeserver is down) fails the creation, which the
+        queue retries: no room is made for accounts that do not exist yet."""
 
         async def ready(user_id: str, puppet: Puppet) -> None:
             async with self.semaphore:
-                try:
-                    await puppet.ensure_ready(displaynames.get(user_id, ""))
-                except Exception as e:
-                    log.warning("Could not prepare puppet %s: %s", user_id, e)
+                await puppet.ensure_ready(displaynames.get(user_id, ""))
 
         todo = [
             ready(user_id, puppet)
