@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
+import sys
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 
 from waldur_bridge import room_creation
@@ -349,3 +352,55 @@ async def test_duplicates_from_an_older_version_are_reported_and_tidied(
         assert leftover not in again["body"] and project not in again["body"]
     finally:
         await admin.close()
+
+
+async def test_kill_during_the_first_sync_leaves_one_room_per_project(
+    bridge_env: BridgeEnv,
+) -> None:
+    """The issue's run: `kill -9` of the bridge process while its first sync creates rooms,
+    then a restart: every project has exactly one room, the one its alias leads to."""
+    sim = bridge_env.sim
+    suffix = secrets.token_hex(3)
+    org = sim.add_customer("Kill Org")
+    projects = [sim.add_project(org, f"Kill {i}") for i in range(10)]
+    for i, project in enumerate(projects):
+        for m in range(2):
+            user = sim.add_user(f"k{i}m{m}{suffix}", f"Kill {i}.{m}")
+            sim.grant(user, project, "PROJECT.ADMIN" if m == 0 else "PROJECT.MEMBER")
+    # One room at a time, so that the kill lands with some rooms made and others not.
+    config = bridge_env.write_config(**{"bridge.membership.concurrency": 1})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "waldur_bridge",
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=bridge_env.tmp_path,
+    )
+    try:
+
+        async def some_rooms() -> bool:
+            linked = 0
+            for room_id in (await bridge_env.hs_get("/joined_rooms"))["joined_rooms"]:
+                try:
+                    link = await bridge_env.state(room_id, "org.waldur.project")
+                except aiohttp.ClientResponseError:
+                    continue
+                linked += link.get("project_uuid") in projects
+            return linked >= 3
+
+        await wait_for(some_rooms, 60, "the first rooms of the first sync")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+
+    await bridge_env.start()
+    await bridge_env.sweep()
+    for project in projects:
+        room = await bridge_env.portal_room(project)
+        assert await rooms_linked_to(bridge_env, project) == [room], project
+        assert await resolve_alias(bridge_env, project) == room
+        joined = {u for u, m in (await bridge_env.members(room)).items() if m == "join"}
+        assert len(joined) == 3  # the bot and the two members
