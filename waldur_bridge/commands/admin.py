@@ -216,7 +216,9 @@ async def create(evt: WaldurCommandEvent) -> None:
         return
     await run(evt, evt.bridge.sync.create_portal(project.uuid, wait=True))
     portal = await Portal.get_by_project(project.uuid)
-    assert portal is not None
+    if portal is None or not portal.room_id:
+        error = _md(portal.error) if portal and portal.error else "unknown reason"
+        raise CommandError(f"No room for **{_md(project.name)}**: {error}")
     await evt.reply(f"Created the room of **{_md(project.name)}**: {portal.room_id}")
 
 
