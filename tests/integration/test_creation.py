@@ -251,8 +251,11 @@ async def test_alias_held_by_a_foreign_room_is_reported_not_duplicated(
         await admin.wait_for_event(
             mgmt, lambda e: "No room for" in e.get("content", {}).get("body", ""), 10
         )
-        # A second sweep neither creates a room nor reports again.
+        # A second sweep neither creates a room nor reports again; an admin's `create` says why.
         await bridge_env.sweep()
+        assert await rooms_linked_to(bridge_env, project) == []
+        refused = await ask(admin, mgmt, f"create {project}")
+        assert "No room for" in refused["body"] and "no Waldur project link" in refused["body"]
         assert await rooms_linked_to(bridge_env, project) == []
     finally:
         await admin.close()
