@@ -124,3 +124,20 @@ async def test_txn_cursor_audit_held(database: Database) -> None:
     await HeldRemoval.replace_for_project("p", [HeldRemoval("p", "@a:x", "Role removed")])
     await HeldRemoval.replace_for_project("p", [HeldRemoval("p", "@b:x", "Role removed")])
     assert [h.mxid for h in await HeldRemoval.all("p")] == ["@b:x"]
+
+
+async def test_upgrade_from_revision_1_adds_the_portal_alias(database: Database) -> None:
+    """A database of the first schema (no alias column) keeps its portals and gains it."""
+    await database.execute("ALTER TABLE portal DROP COLUMN alias")
+    await database.execute(
+        "INSERT INTO portal (project_uuid, customer_uuid, room_id, state, created_at, "
+        "updated_at) VALUES ('p1', 'c1', '!old:localhost', 'active', 1, 1)"
+    )
+    await database.execute("UPDATE version SET version=1")
+    await database.upgrade_table.upgrade(database)
+    assert await database.fetchval("SELECT version FROM version") == LATEST_REVISION
+    old = await Portal.get_by_project("p1")
+    assert old is not None and old.room_id == "!old:localhost" and old.alias is None
+    old.alias = "#waldur_p1:localhost"
+    await old.save()
+    assert (await Portal.get_by_project("p1")).alias == "#waldur_p1:localhost"
