@@ -152,6 +152,7 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
         ("bridge.username_template", "waldur_", "must contain {userid}"),
         ("bridge.membership.never_kick", "@x:y", "must be a list"),
         ("bridge.encryption.allow", True, "bridge.encryption.appservice: must be true"),
+        ("bridge.portals.progress_interval", -1, "progress_interval: must be a number of seconds"),
     ],
 )
 def test_wrong_values_are_explained(tmp_path: Path, key: str, value: Any, expected: str) -> None:
