@@ -208,10 +208,15 @@ async def latency(
     }
 
 
-def _portal_like_room(tag: str, i: int) -> dict[str, Any]:
-    """A createRoom body shaped like the bridge's portals (portal.py create_room)."""
+def _portal_like_room(
+    tag: str, i: int, invite: list[str] | None = None, levels: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """A createRoom body shaped like the bridge's portals (room_creation.create_room_request),
+    optionally with the team invited and their levels, as the bridge sends it."""
     from waldur_bridge.portal import room_power_levels
 
+    power_levels = room_power_levels("", "12")
+    power_levels["users"] = dict(levels or {})
     info = {"protocol": {"id": "waldur"}, "channel": {"id": f"{tag}{i}"}}
     return {
         "preset": "private_chat",
@@ -229,7 +234,8 @@ def _portal_like_room(tag: str, i: int) -> dict[str, Any]:
             {"type": "m.bridge", "state_key": f"waldur://{tag}{i}", "content": info},
             {"type": "uk.half-shot.bridge", "state_key": f"waldur://{tag}{i}", "content": info},
         ],
-        "power_level_override": room_power_levels("", "12"),
+        "power_level_content_override": power_levels,
+        **({"invite": invite} if invite else {}),
     }
 
 
@@ -276,6 +282,16 @@ async def operation_costs(
     await measure(
         "create_room (portal-like: name, topic, alias, 5 initial state events)",
         [lambda i=i: create_portal_like(i) for i in range(max(2, n // 4))],
+    )
+    team = ghosts[:10]
+
+    async def create_portal_with_team(i: int) -> None:
+        body = _portal_like_room(f"{tag}t", i, invite=team, levels={team[0]: 50})
+        await client.call("POST", "/createRoom", body)
+
+    await measure(
+        f"create_room (portal-like, {len(team)} invited with levels, as the bridge sends it)",
+        [lambda i=i: create_portal_with_team(i) for i in range(max(2, n // 4))],
     )
     room_id = portal_rooms[0]
     await measure("invite", [lambda g=g: client.invite(room_id, g) for g in ghosts])

@@ -368,6 +368,12 @@ class Config(BaseBridgeConfig):
                 "bridge.membership.settle_max_wait: must be at least settle_seconds "
                 f"({settle!r}), got {settle_max!r}."
             )
+        progress = self.get("bridge.portals.progress_interval", 10)
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or progress < 0:
+            problems.append(
+                "bridge.portals.progress_interval: must be a number of seconds, 0 or more "
+                f"(0: no progress lines), got {progress!r}."
+            )
         if self.get("bridge.membership.concurrency", 1) < 1:
             problems.append("bridge.membership.concurrency: must be at least 1.")
         levels = self.get("bridge.membership.power_levels", {}) or {}

@@ -671,3 +671,98 @@ def audit_reply(subject: str, since: str | None, lines: Sequence[AuditLine], tot
     if total > shown:
         footer = _text(f"Showing the newest {shown}; narrow it with --since.")
     return _reply(header, items, footer)
+
+
+# --- management room reports ----------------------------------------------------------------
+
+
+def alias_conflict_report(
+    project_name: str, project_uuid: str, alias: str, room_id: str | None, reason: str
+) -> Reply:
+    """The project's alias holds a room the bridge cannot adopt, so it creates none."""
+    parts: list[_Frag | str] = [
+        "No room for ",
+        _bold(_value(project_name)),
+        " (",
+        _code(project_uuid),
+        "): its alias ",
+        _code(alias),
+    ]
+    if room_id:
+        parts += [" points to ", _code(room_id)]
+    parts += [
+        ": ",
+        _value(reason, limit=ERROR_LIMIT),
+        ". Free the alias (or fix the registration's alias namespace), then send ",
+        _code(f"retry {project_uuid}"),
+        ".",
+    ]
+    return _line(_cat(*parts))
+
+
+def duplicate_closed_notice(kept_room_id: str, alias: str) -> Reply:
+    """The last notice in a duplicate project room that an admin closed."""
+    return _line(
+        _cat(
+            "This room duplicated the project's room and is closed. The project's room is ",
+            _code(alias),
+            " (",
+            _code(kept_room_id),
+            ").",
+        )
+    )
+
+
+def duplicates_report(
+    leftovers: Sequence[tuple[str, str, str, str | None, bool]], tidy_hint: bool
+) -> Reply:
+    """Duplicate project rooms: (room ID, project name, project UUID, kept room, holds alias)."""
+    if not leftovers:
+        return _line(_text("No duplicate project rooms."))
+    items = []
+    for room_id, name, project_uuid, kept, holds_alias in leftovers:
+        parts: list[_Frag | str] = [
+            _code(room_id),
+            " of ",
+            _bold(_value(name)),
+            " (",
+            _code(project_uuid),
+            ")",
+        ]
+        if kept is None:
+            parts.append(
+                ": the project has no room yet; creating it adopts a room under its alias"
+            )
+        else:
+            parts += [": duplicate of ", _code(kept)]
+        if holds_alias:
+            parts.append("; holds the project's alias")
+        items.append(_cat(*parts))
+    header = _text(f"{_plural(len(leftovers), 'duplicate project room')}:")
+    footer = (
+        _cat("Send ", _code("duplicates --tidy"), " to close the duplicates.")
+        if tidy_hint
+        else None
+    )
+    return _reply(header, items, footer)
+
+
+def duplicates_tidied_reply(closed: Sequence[tuple[str, str, int, bool]], skipped: int) -> Reply:
+    """What `duplicates --tidy` did: (room ID, project name, people removed, alias moved)."""
+    items = [
+        _cat(
+            "closed ",
+            _code(room_id),
+            " of ",
+            _bold(_value(name)),
+            f": {_plural(removed, 'person', 'people')} removed",
+            "; alias moved to the project's room" if moved else "",
+        )
+        for room_id, name, removed, moved in closed
+    ]
+    footer = (
+        _text(f"{_plural(skipped, 'room')} left alone: their projects have no room yet.")
+        if skipped
+        else None
+    )
+    return _reply(_text(f"Closed {_plural(len(closed), 'duplicate room')}."), items, footer)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mautrix.appservice import IntentAPI
 from mautrix.bridge import BasePortal, async_getter_lock
-from mautrix.errors import MatrixRequestError
 from mautrix.types import (
     EventType,
     Format,
     MessageEventContent,
     MessageType,
     PowerLevelStateEventContent,
-    RoomCreatePreset,
     RoomID,
     TextMessageEventContent,
 )
@@ -21,50 +20,21 @@ from mautrix.types import (
 from . import room_meta
 from .db import Portal as DBPortal, portal as states
 from .messages import Reply
+from .room_creation import (
+    PROJECT_LINK_TYPE,
+    CreatedRoom,
+    NewRoom,
+    create_or_adopt,
+    room_power_levels,
+)
 
 if TYPE_CHECKING:
     from .__main__ import WaldurBridge
     from .user import User
 
-# A state event that ties the room to its Waldur project, readable by clients and tools.
-PROJECT_STATE_EVENT = EventType.find("org.waldur.project", t_class=EventType.Class.STATE)
-BRIDGE_INFO_EVENTS = (
-    EventType.find("m.bridge", t_class=EventType.Class.STATE),
-    EventType.find("uk.half-shot.bridge", t_class=EventType.Class.STATE),
-)
-
-
-def room_power_levels(bot_mxid: str, room_version: str) -> dict[str, Any]:
-    """Power levels of a new portal.
-
-    Moderators (50 by default, from PROJECT.ADMIN and CUSTOMER.OWNER) may invite, kick and
-    redact, which is what Matrix clients show a moderator can do; room settings stay with the
-    bot so Waldur remains the source of the name, topic and membership rules.
-    """
-    content: dict[str, Any] = {
-        "users_default": 0,
-        "events_default": 0,
-        "state_default": 100,
-        "invite": 50,
-        "kick": 50,
-        "redact": 50,
-        "ban": 100,
-        "events": {
-            "m.room.name": 100,
-            "m.room.topic": 100,
-            "m.room.avatar": 50,
-            "m.room.power_levels": 100,
-            "m.room.encryption": 100,
-            "m.room.history_visibility": 100,
-            "m.room.tombstone": 150 if room_meta.creators_have_power(room_version) else 100,
-        },
-        "users": {},
-    }
-    if not room_meta.creators_have_power(room_version):
-        # Before v12 the creator's power is an ordinary entry; from v12 it is implicit and
-        # listing the creator is refused by the homeserver.
-        content["users"][bot_mxid] = 100
-    return content
+# The link state event (see room_creation) as a mautrix event type, for readers of the room.
+PROJECT_STATE_EVENT = EventType.find(PROJECT_LINK_TYPE, t_class=EventType.Class.STATE)
+__all__ = ["PROJECT_STATE_EVENT", "Portal", "room_power_levels"]
 
 
 class Portal(DBPortal, BasePortal):
@@ -196,66 +166,63 @@ class Portal(DBPortal, BasePortal):
     def alias_localpart(self) -> str:
         return self.bridge.config["bridge.alias_template"].format(groupname=self.project_uuid)
 
-    async def create_room(self, name: str, topic: str) -> RoomID:
-        """Create the room (invite-only, with the project link state); no members yet."""
+    async def new_room(
+        self,
+        name: str,
+        topic: str,
+        invitees: Sequence[str] = (),
+        levels: Mapping[str, int] | None = None,
+    ) -> NewRoom:
+        """What this portal's room starts with (see room_creation.create_room_request)."""
         config = self.bridge.config
-        room_version = await self.bridge.room_versions.for_new_room()
-        encrypted = bool(config["bridge.encryption.allow"] and config["bridge.encryption.default"])
-        initial_state: list[dict[str, Any]] = [
-            {
-                "type": str(PROJECT_STATE_EVENT),
-                "state_key": "",
-                "content": {
-                    "project_uuid": self.project_uuid,
-                    "customer_uuid": self.customer_uuid,
-                },
-            },
-            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
-            {
-                "type": "m.room.history_visibility",
-                "state_key": "",
-                "content": {"history_visibility": "shared"},
-            },
-            *self.bridge.sync.spaces.portal_initial_state(self, name),
-        ]
-        if encrypted:
-            initial_state.append(
-                {
-                    "type": "m.room.encryption",
-                    "state_key": "",
-                    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
-                }
-            )
-        creation: dict[str, Any] = {
-            "preset": RoomCreatePreset.PRIVATE,
-            "name": name,
-            "topic": topic,
-            "room_version": room_version,
-            "initial_state": initial_state,
-            "power_level_override": room_power_levels(self.az.bot_mxid, room_version),
-            "creation_content": {} if config["bridge.portals.federate"] else {"m.federate": False},
-        }
-        try:
-            room_id = await self.main_intent.create_room(
-                alias_localpart=self.alias_localpart(), **creation
-            )
-        except MatrixRequestError as e:
-            if e.errcode not in ("M_ROOM_IN_USE", "M_EXCLUSIVE", "M_INVALID_PARAM"):
-                raise
-            # The alias is taken (an earlier, lost room) or outside our namespace: a room
-            # without an alias still works; the admin sees the reason in the log.
-            self.log.warning(
-                "Alias %s unavailable (%s), creating without", self.alias_localpart(), e
-            )
-            room_id = await self.main_intent.create_room(**creation)
-        self.room_id = room_id
+        spaces = self.bridge.sync.spaces
+        return NewRoom(
+            project_uuid=self.project_uuid,
+            customer_uuid=self.customer_uuid,
+            name=name,
+            topic=topic,
+            bot_mxid=str(self.az.bot_mxid),
+            room_version=await self.bridge.room_versions.for_new_room(),
+            federate=bool(config["bridge.portals.federate"]),
+            encrypted=bool(
+                config["bridge.encryption.allow"] and config["bridge.encryption.default"]
+            ),
+            invitees=tuple(invitees),
+            levels=dict(levels or {}),
+            bridge_info_state_key=self.bridge_info_state_key,
+            bridge_info=self.bridge_info_content(name, spaces.customer_name(self.customer_uuid)),
+            extra_state=spaces.portal_parent_state(self),
+        )
+
+    async def create_room(
+        self,
+        name: str,
+        topic: str,
+        invitees: Sequence[str] = (),
+        levels: Mapping[str, int] | None = None,
+    ) -> CreatedRoom:
+        """Create the room with its team invited at their levels, or adopt the room an earlier
+        attempt left under the alias. The intent (state creating, planned alias) is saved
+        first, so a crash at any point leaves one room, found again by its alias."""
+        if not self.alias:
+            self.alias = f"#{self.alias_localpart()}:{self.az.domain}"
+        self.state = states.CREATING
         self.name = name
         self.topic = topic
-        self.encrypted = encrypted
+        await DBPortal.save(self)
+        localpart = self.alias[1:].split(":", 1)[0]
+        created = await create_or_adopt(
+            self.main_intent, await self.new_room(name, topic, invitees, levels), localpart
+        )
+        self.room_id = created.room_id
+        self.encrypted = created.room.encrypted
+        if created.adopted:
+            # An earlier attempt's name and topic are unknown: the reconcile sets them again.
+            self.name = self.topic = ""
         self.state = states.ACTIVE
         self.error = None
         await self.save()
-        return room_id
+        return created
 
     async def set_name(self, name: str) -> None:
         await self.main_intent.set_room_name(self.mxid, name)

@@ -168,6 +168,7 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
         ("bridge.membership.settle_seconds", "soon", "settle_seconds: must be"),
         ("bridge.portals.room_version", "13", "bridge.portals.room_version: '13' is not one of"),
         ("bridge.spaces.enabled", "no", "bridge.spaces.enabled: must be true or false"),
+        ("bridge.portals.progress_interval", -1, "progress_interval: must be a number of seconds"),
     ],
 )
 def test_wrong_values_are_explained(tmp_path: Path, key: str, value: Any, expected: str) -> None:

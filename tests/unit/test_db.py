@@ -179,3 +179,20 @@ async def test_upgrade_from_v1_keeps_spaces_and_adds_columns(database: Database)
     kept = await CustomerSpace.get("c" * 32)
     assert kept is not None and kept.name == "Old Org" and kept.state == "active"
     assert await database.fetchval("SELECT COUNT(*) FROM portal_decoration") == 0
+
+
+async def test_upgrade_from_revision_1_adds_the_portal_alias(database: Database) -> None:
+    """A database of the first schema (no alias column) keeps its portals and gains it."""
+    await database.execute("ALTER TABLE portal DROP COLUMN alias")
+    await database.execute(
+        "INSERT INTO portal (project_uuid, customer_uuid, room_id, state, created_at, "
+        "updated_at) VALUES ('p1', 'c1', '!old:localhost', 'active', 1, 1)"
+    )
+    await database.execute("UPDATE version SET version=1")
+    await database.upgrade_table.upgrade(database)
+    assert await database.fetchval("SELECT version FROM version") == LATEST_REVISION
+    old = await Portal.get_by_project("p1")
+    assert old is not None and old.room_id == "!old:localhost" and old.alias is None
+    old.alias = "#waldur_p1:localhost"
+    await old.save()
+    assert (await Portal.get_by_project("p1")).alias == "#waldur_p1:localhost"

@@ -8,10 +8,12 @@ from typing import Any
 
 import mautrix
 from mautrix.bridge.commands import command_handler
+from mautrix.errors import MatrixRequestError
 
 from .. import __version__, export, identity, messages as fmt
 from ..db import AuditEntry, HeldRemoval, PortalMember, User as DBUser, portal as states
 from ..diagnostics import format_report, run_diagnostics, spec_versions
+from ..duplicates import DuplicateFinder, Leftover
 from ..portal import Portal
 from ..puppet import Puppet
 from ..sync.planner import Invite, Join, Kick, Plan, SetName, SetPowerLevels, SetTopic
@@ -54,6 +56,7 @@ def admin_help() -> fmt.Reply:
         "- `disable <project> [--export] [--reason <text>]`: close a room, remove its members",
         "- `reactivate <project>`: open a disabled room again and sync it",
         "- `retry <project>`: retry a room in the error state",
+        "- `duplicates [--tidy]`: find duplicate project rooms (and close them)",
         "- `export <project>`: export the room's history",
         "- `link <waldur user> <matrix id>`, `unlink <matrix id|waldur user>`",
         "- `whois <matrix id|waldur user>`: how a person maps between Waldur and Matrix",
@@ -217,7 +220,9 @@ async def create(evt: WaldurCommandEvent) -> None:
         return
     await run(evt, evt.bridge.sync.create_portal(project.uuid, wait=True))
     portal = await Portal.get_by_project(project.uuid)
-    assert portal is not None
+    if portal is None or not portal.room_id:
+        error = _md(portal.error) if portal and portal.error else "unknown reason"
+        raise CommandError(f"No room for **{_md(project.name)}**: {error}")
     await evt.reply(f"Created the room of **{_md(project.name)}**: {portal.room_id}")
 
 
@@ -534,6 +539,39 @@ async def reject(evt: WaldurCommandEvent) -> None:
         f"Kept {len(kept)} member(s): {', '.join(kept)}. They stay until an admin removes "
         "them; the bridge treats them like people a moderator added."
     )
+
+
+@admin_command(
+    name="duplicates",
+    help_section=SECTION_ROOMS,
+    help_text="Find (and with --tidy close) duplicate project rooms",
+    help_args="[--tidy]",
+)
+async def duplicates(evt: WaldurCommandEvent) -> None:
+    _, options = parse_args(evt.args)
+    finder = DuplicateFinder(evt.bridge)
+    try:
+        leftovers = await finder.find()
+    except MatrixRequestError as e:
+        raise CommandError(f"Could not list the bot's rooms: {_md(e)}") from e
+    if not options.get("tidy"):
+        await evt.send(fmt.duplicates_report([_listed(x) for x in leftovers], tidy_hint=True))
+        return
+    closed = []
+    for leftover in (x for x in leftovers if x.tidiable):
+        try:
+            done = await finder.tidy(leftover, f"admin {evt.sender.mxid}")
+        except MatrixRequestError as e:
+            raise CommandError(f"Could not close {leftover.room_id}: {_md(e)}") from e
+        closed.append(
+            (leftover.room_id, leftover.project_name, len(done.removed), done.alias_moved)
+        )
+    skipped = sum(1 for x in leftovers if not x.tidiable)
+    await evt.send(fmt.duplicates_tidied_reply(closed, skipped))
+
+
+def _listed(x: Leftover) -> tuple[str, str, str, str | None, bool]:
+    return (x.room_id, x.project_name, x.project_uuid, x.kept_room_id, x.holds_alias)
 
 
 @admin_command(name="diagnose", help_section=SECTION_BRIDGE, help_text="Live checks")

@@ -15,7 +15,7 @@ ERROR = "error"
 STATES = (ACTIVE, CREATING, DISABLED, ERROR)
 
 _COLUMNS = (
-    "project_uuid, customer_uuid, room_id, state, name, topic, encrypted, error, "
+    "project_uuid, customer_uuid, room_id, state, name, topic, encrypted, error, alias, "
     "created_at, updated_at"
 )
 
@@ -30,6 +30,8 @@ class Portal(Table):
     topic: str = ""
     encrypted: bool = False
     error: str | None = None
+    # The room's alias; in state CREATING, the alias planned before createRoom was sent.
+    alias: str | None = None
     created_at: int = 0
     updated_at: int = 0
 
@@ -69,11 +71,11 @@ class Portal(Table):
         if not self.created_at:
             self.created_at = self.updated_at
         q = f"""
-            INSERT INTO portal ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            INSERT INTO portal ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
             ON CONFLICT (project_uuid) DO UPDATE SET
                 customer_uuid=excluded.customer_uuid, room_id=excluded.room_id,
                 state=excluded.state, name=excluded.name, topic=excluded.topic,
-                encrypted=excluded.encrypted, error=excluded.error,
+                encrypted=excluded.encrypted, error=excluded.error, alias=excluded.alias,
                 updated_at=excluded.updated_at
         """
         await self.db.execute(
@@ -86,6 +88,7 @@ class Portal(Table):
             self.topic,
             self.encrypted,
             self.error,
+            self.alias,
             self.created_at,
             self.updated_at,
         )

@@ -159,13 +159,8 @@ class PlanExecutor:
                     "set-topic", None, action.cause, lambda a=action: portal.set_topic(a.topic)
                 )
 
-        invites = {a.user_id: a for a in plan.actions if isinstance(a, Invite)}
-        join_actions = {a.user_id: a for a in plan.actions if isinstance(a, Join)}
-        # One membership change at a time per room: concurrent joins into the same room cost
-        # Synapse about twice the CPU per pair (measured); rooms run in parallel instead.
-        for user_id in sorted(set(invites) | joins):
-            await bring_in(user_id, invites.get(user_id), join_actions.get(user_id))
-
+        # Levels before invites: a member has their level the moment they join (a level for
+        # someone not in the room yet is valid). One event per room, as before.
         for action in plan.actions:
             if isinstance(action, SetPowerLevels):
                 await audited(
@@ -176,6 +171,13 @@ class PlanExecutor:
                     action.cause,
                     lambda a=action: self._set_power_levels(portal, dict(a.changes)),
                 )
+
+        invites = {a.user_id: a for a in plan.actions if isinstance(a, Invite)}
+        join_actions = {a.user_id: a for a in plan.actions if isinstance(a, Join)}
+        # One membership change at a time per room: concurrent joins into the same room cost
+        # Synapse about twice the CPU per pair (measured); rooms run in parallel instead.
+        for user_id in sorted(set(invites) | joins):
+            await bring_in(user_id, invites.get(user_id), join_actions.get(user_id))
 
         async def kick(action: Kick) -> None:
             async def do_kick() -> None:
@@ -205,6 +207,55 @@ class PlanExecutor:
             if dry.user_id not in reported:
                 await self._audit(portal, "kick", dry.user_id, dry.cause, "dry-run", dry.reason)
         return outcome
+
+    async def prepare_puppets(
+        self, puppets: Mapping[str, Puppet], displaynames: Mapping[str, str]
+    ) -> None:
+        """Register puppets and set their names before a room is created for them: a name set
+        while the account is in no room costs the homeserver no membership updates, and the
+        invites carry it. A failure (the homeserver is down) fails the creation, which the
+        queue retries: no room is made for accounts that do not exist yet."""
+
+        async def ready(user_id: str, puppet: Puppet) -> None:
+            async with self.semaphore:
+                await puppet.ensure_ready(displaynames.get(user_id, ""))
+
+        todo = [
+            ready(user_id, puppet)
+            for user_id, puppet in puppets.items()
+            if not puppet.is_registered or puppet.displayname != displaynames.get(user_id, "")
+        ]
+        await asyncio.gather(*todo)
+
+    async def record_creation(
+        self,
+        portal: Portal,
+        invited: Mapping[str, str],
+        levels: Mapping[str, int],
+        *,
+        role_signatures: Mapping[str, str],
+        user_uuids: Mapping[str, str],
+    ) -> None:
+        """Audit and remember what createRoom did: its invites (user ID -> cause) and the
+        levels it set, as if they had been separate actions."""
+        if levels:
+            target = ", ".join(f"{u}={lv}" for u, lv in sorted(levels.items()))
+            cause = "initial power levels of a new room"
+            MEMBERSHIP_ACTIONS.labels(action="power-levels", outcome="done").inc()
+            _log_change("power-levels", target, cause, portal)
+            await self._audit(portal, "power-levels", target, cause, "done")
+        for user_id, cause in invited.items():
+            MEMBERSHIP_ACTIONS.labels(action="invite", outcome="done").inc()
+            _log_change("invite", user_id, cause, portal)
+            await self._audit(portal, "invite", user_id, cause, "done")
+            await PortalMember(
+                project_uuid=portal.project_uuid,
+                mxid=user_id,
+                waldur_user_uuid=user_uuids.get(user_id),
+                added_by="bridge",
+                left_voluntarily=False,
+                role_signature=role_signatures.get(user_id, ""),
+            ).save()
 
     async def _set_power_levels(self, portal: Portal, changes: dict[str, int | None]) -> None:
         intent = portal.main_intent

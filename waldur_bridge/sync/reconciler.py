@@ -35,6 +35,7 @@ from .policy import MembershipPolicy, ProjectInfo, desired_team, unknown_holders
 if TYPE_CHECKING:
     from ..config import Config
     from ..portal import Portal
+    from ..room_creation import CreatedRoom
 
 log = logging.getLogger("waldur.sync.reconcile")
 
@@ -57,6 +58,8 @@ class Result:
     view: ProjectView | None = None
     # What was wanted, per Matrix ID (the organization's space is built from these).
     team: Team | None = None
+    # How many people the room should hold (the desired team).
+    members: int = 0
 
 
 @dataclass
@@ -182,6 +185,44 @@ class Reconciler:
         """Call after `link`/`unlink` so the next reconcile reads them again."""
         self._links = None
 
+    def initial_team(
+        self, desired: DesiredRoom, bot_mxid: str, domain: str
+    ) -> tuple[list[str], dict[str, int]]:
+        """Whom a new room's createRoom invites, and the levels it starts with.
+
+        Only accounts on this homeserver are invited there: a remote server that fails the
+        invite would fail the whole request. Remote members get their level all the same and
+        are invited by the reconcile that follows.
+        """
+        invitees = [
+            user_id
+            for user_id in sorted(desired.members)
+            if user_id != bot_mxid and user_id.endswith(f":{domain}")
+        ]
+        levels = {
+            user_id: member.power_level
+            for user_id, member in sorted(desired.members.items())
+            if user_id != bot_mxid and member.power_level != 0
+        }
+        return invitees, levels
+
+    def created_room_state(self, created: CreatedRoom) -> CurrentRoom:
+        """The room as createRoom just made it, so nothing the bridge wrote is read back."""
+        room = created.room
+        members = {room.bot_mxid: CurrentMember("join", added_by="bridge")}
+        for user_id in room.invited:
+            members[user_id] = CurrentMember("invite", added_by="bridge")
+        self._creators[created.room_id] = room.creators
+        return CurrentRoom(
+            room_id=created.room_id,
+            members=members,
+            power_levels=room.users_map(),
+            users_default=0,
+            creators=room.creators,
+            name=room.name,
+            topic=room.topic,
+        )
+
     # endregion
     # region current
 
@@ -293,8 +334,10 @@ class Reconciler:
         policy: MembershipPolicy,
         records: dict[str, PortalMember],
         cached: bool = False,
+        current: CurrentRoom | None = None,
     ) -> Plan:
-        current = await self.current(portal, signatures, records, cached)
+        if current is None:
+            current = await self.current(portal, signatures, records, cached)
         ctx = PlanContext(
             bot_user_id=str(portal.az.bot_mxid),
             managed_user_ids=await self.managed_ids(desired),
@@ -313,18 +356,21 @@ class Reconciler:
         policy: MembershipPolicy | None = None,
         cached_state: bool = False,
         refresh: Callable[[], Awaitable[ProjectView]] | None = None,
+        current: CurrentRoom | None = None,
     ) -> Result:
         """Plan and carry out one portal's changes.
 
-        With `refresh`, a plan that would remove anyone is made again from a fresh read
-        (`view` may be a sweep's older snapshot): a removal needs a fresh "no".
+        `current` is the room's known state (a room just created), else it is read from the
+        homeserver (or its pushes, with `cached_state`). With `refresh`, a plan that would
+        remove anyone is made again from a fresh read (`view` may be a sweep's older
+        snapshot): a removal needs a fresh "no".
         """
         desired, puppets, displaynames, signatures, user_uuids = await self.desired(
             view, active, inactive_reason
         )
         records = await PortalMember.for_project(portal.project_uuid)
         result = await self._plan(
-            portal, desired, signatures, policy or self.policy, records, cached_state
+            portal, desired, signatures, policy or self.policy, records, cached_state, current
         )
         replaced: ProjectView | None = None
         if refresh is not None and (
@@ -379,7 +425,7 @@ class Reconciler:
             portal, result, records, signatures, displaynames, puppets
         )
         team = Team(desired, puppets, displaynames, signatures, user_uuids)
-        return Result(result, outcome, changes, replaced, team)
+        return Result(result, outcome, changes, replaced, team, members=len(desired.members))
 
     async def _track_roles(
         self,

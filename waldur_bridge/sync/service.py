@@ -10,12 +10,20 @@ import time
 from typing import TYPE_CHECKING
 
 import aiohttp
-from mautrix.errors import MatrixError
+from mautrix.errors import MatrixError, MatrixRequestError
 
 from ..db import HeldRemoval, PortalMember, portal as states
-from ..messages import order_notice as fmt_order_notice, role_notices, room_closed_notice
+from ..duplicates import DuplicateFinder
+from ..messages import (
+    alias_conflict_report,
+    duplicates_report,
+    order_notice as fmt_order_notice,
+    role_notices,
+    room_closed_notice,
+)
 from ..metrics import HINTS, RECONCILE_TIME, RECONCILES, SWEEPS, mark_good_sweep, register_live
 from ..portal import Portal
+from ..room_creation import AliasConflict
 from ..waldur import Event, WaldurError
 from .changes import (
     ORDER_EVENTS,
@@ -30,8 +38,9 @@ from .directory import ProjectGone, ProjectView, WaldurDirectory
 from .drift import DriftGuard
 from .executor import PlanExecutor
 from .expiry import ExpiryTimers
-from .planner import Plan
+from .planner import CurrentRoom, Plan
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
+from .progress import InitialSyncProgress
 from .queue import CoalescingQueue
 from .reconciler import Reconciler, Result
 from .sessions import SessionCloser
@@ -52,6 +61,10 @@ CREATE = "create"
 REACTIVATE = "reactivate"
 CLOSE = "close"
 EXPIRY = "expiry"
+
+
+def _roles_text(roles: tuple[str, ...]) -> str:
+    return f"role {', '.join(roles)}" if roles else "desired by policy"
 
 
 class IncompleteRead(Exception):
@@ -135,6 +148,9 @@ class SyncService:
         )
         self.spaces = SpaceSync(bridge, self)
         self.drift = DriftGuard(bridge, self)
+        # The first sweep's progress, for the operator's log; invites made by createRoom.
+        self.progress: InitialSyncProgress | None = None
+        self._created_invites: dict[str, int] = {}
 
     # region lifecycle
 
@@ -297,6 +313,11 @@ class SyncService:
             for project in snapshot.projects.values():
                 if self.wants_portal(project):
                     queued.add(project.uuid)
+            if self._sweeps == 1:
+                self.progress = InitialSyncProgress(queued)
+                self._tasks.append(
+                    asyncio.create_task(self._after_initial_sync(), name="waldur-initial-sync")
+                )
             for project_uuid in queued:
                 self.request_project(project_uuid, SWEEP, background=True)
             await self.spaces.on_sweep()
@@ -317,6 +338,35 @@ class SyncService:
                 len(queued),
             )
             return len(queued)
+
+    async def _after_initial_sync(self) -> None:
+        assert self.progress is not None
+        await self.progress.report(self.config["bridge.portals.progress_interval"])
+        await self.report_duplicates()
+
+    async def report_duplicates(self) -> None:
+        """Tell the admins about duplicate project rooms an older version left behind."""
+        try:
+            leftovers = await DuplicateFinder(self.bridge).find()
+        except MatrixRequestError as e:
+            log.warning("Could not look for duplicate project rooms: %s", e)
+            return
+        if not leftovers:
+            return
+        log.warning(
+            "Found %d duplicate project room(s) (%s); `duplicates --tidy` in the management "
+            "room closes them",
+            len(leftovers),
+            ", ".join(x.room_id for x in leftovers),
+        )
+        report = duplicates_report(
+            [
+                (x.room_id, x.project_name, x.project_uuid, x.kept_room_id, x.holds_alias)
+                for x in leftovers
+            ],
+            tidy_hint=any(x.tidiable for x in leftovers),
+        )
+        await self.bridge.notify_admins(report.markdown)
 
     def wants_portal(self, project: ProjectInfo) -> bool:
         if self.create_mode == "all":
@@ -341,12 +391,18 @@ class SyncService:
     async def _reconcile_worker(self, project_uuid: str, reasons: frozenset[str]) -> None:
         started = time.monotonic()
         try:
-            await self._reconcile(project_uuid, reasons)
+            result = await self._reconcile(project_uuid, reasons)
         except Exception:
             RECONCILES.labels(outcome="failed").inc()
+            self._created_invites.pop(project_uuid, None)
+            if self.progress is not None:
+                self.progress.room_failed(project_uuid)
             raise
         else:
             RECONCILES.labels(outcome="ok").inc()
+            invited = self._created_invites.pop(project_uuid, None)
+            if self.progress is not None:
+                self.progress.reconciled(project_uuid, result, invited)
         finally:
             RECONCILE_TIME.observe(time.monotonic() - started)
 
@@ -363,10 +419,17 @@ class SyncService:
             if portal is not None and portal.room_id and portal.state != states.DISABLED:
                 await self.disable(portal, "the project was deleted in Waldur")
             return None
+        created_state: CurrentRoom | None = None
         if portal is None or not portal.room_id:
-            if not (CREATE in reasons or self.wants_portal(view.project)):
+            # A recorded intent (state creating) is finished whatever the mode: an admin's
+            # `create` may have been cut short by a crash.
+            resume = portal is not None and portal.state == states.CREATING and bool(portal.alias)
+            if not (CREATE in reasons or resume or self.wants_portal(view.project)):
                 return None
-            portal = await self._create_portal(view)
+            creation = await self._create_portal(view)
+            if creation is None:
+                return None
+            portal, created_state = creation
         elif portal.state != states.ACTIVE:
             portal.state = states.ACTIVE
             portal.error = None
@@ -382,7 +445,11 @@ class SyncService:
 
         try:
             result = await self.reconciler.reconcile(
-                portal, view, cached_state=cached, refresh=refresh if view.from_snapshot else None
+                portal,
+                view,
+                cached_state=cached,
+                refresh=refresh if view.from_snapshot else None,
+                current=created_state,
             )
         except ProjectGone:
             if portal.room_id and portal.state != states.DISABLED:
@@ -402,22 +469,76 @@ class SyncService:
             raise IncompleteRead("; ".join(view.problems))
         return result
 
-    async def _create_portal(self, view: ProjectView) -> Portal:
+    async def _create_portal(self, view: ProjectView) -> tuple[Portal, CurrentRoom | None] | None:
+        """Create (or adopt) the project's room with its team invited at their levels.
+
+        Returns the portal and, for a room made just now, its state as created (nothing is
+        read back); None when the alias is held by a room that is not this project's.
+        """
         project = view.project
         portal = await Portal.get_by_project(project.uuid, project.customer_uuid)
         assert portal is not None
         portal.customer_uuid = project.customer_uuid
+        desired, puppets, displaynames, signatures, user_uuids = await self.reconciler.desired(
+            view
+        )
+        # Accounts and names first, while the puppets are in no room: cheapest then, and the
+        # invites carry the names.
+        await self.executor.prepare_puppets(puppets, displaynames)
+        bot = str(self.bridge.az.bot_mxid)
+        invitees, levels = self.reconciler.initial_team(
+            desired, bot, self.config["homeserver.domain"]
+        )
         try:
-            await portal.create_room(project.name, self.reconciler.topic_for(project))
+            created = await portal.create_room(
+                project.name, self.reconciler.topic_for(project), invitees, levels
+            )
+        except AliasConflict as e:
+            await self._report_alias_conflict(portal, e)
+            return None
         except Exception as e:
             portal.state = states.ERROR
             portal.error = str(e)[:500]
             await portal.save()
             raise
-        log.info(
-            "Created portal %s for project %s (%s)", portal.room_id, project.name, project.uuid
+        if created.adopted:
+            return portal, None
+        invited = {
+            user_id: f"{_roles_text(desired.members[user_id].roles)}; invited with the new room"
+            for user_id in created.room.invited
+        }
+        await self.executor.record_creation(
+            portal, invited, levels, role_signatures=signatures, user_uuids=user_uuids
         )
-        return portal
+        self._created_invites[project.uuid] = len(invited)
+        log.info(
+            "Created portal %s for project %s (%s) with %d invited",
+            portal.room_id,
+            project.name,
+            project.uuid,
+            len(invited),
+        )
+        return portal, self.reconciler.created_room_state(created)
+
+    async def _report_alias_conflict(self, portal: Portal, conflict: AliasConflict) -> None:
+        """The alias holds a room this project cannot adopt: no second room, an admin looks."""
+        error = str(conflict)[:500]
+        repeated = portal.state == states.ERROR and portal.error == error
+        portal.state = states.ERROR
+        portal.error = error
+        await portal.save()
+        if repeated:
+            return
+        log.warning(
+            "Not creating a room for project %s: %s. Free the alias (or fix the registration) "
+            "and use `retry` in the management room",
+            portal.project_uuid,
+            error,
+        )
+        report = alias_conflict_report(
+            portal.name, portal.project_uuid, conflict.alias, conflict.room_id, conflict.reason
+        )
+        await self.bridge.notify_admins(report.markdown)
 
     async def create_portal(self, project_uuid: str, wait: bool = False) -> None:
         """Admin action: create (or re-sync) the room of one project regardless of the mode."""

@@ -137,24 +137,19 @@ class SpaceSync:
         space = self.spaces.get(customer_uuid)
         return space.name if space is not None else ""
 
-    def portal_initial_state(self, portal: Portal, name: str) -> list[dict[str, Any]]:
-        """State a new portal is created with: bridge info and, when the organization's space
-        exists, the parent link (the child event follows once the room exists)."""
-        content = portal.bridge_info_content(name, self.customer_name(portal.customer_uuid))
-        events: list[dict[str, Any]] = [
-            {"type": evt, "state_key": portal.bridge_info_state_key, "content": content}
-            for evt in BRIDGE_INFO_TYPES
-        ]
+    def portal_parent_state(self, portal: Portal) -> list[dict[str, Any]]:
+        """The parent link a new portal is created with, when the organization's space exists
+        (the child event follows once the room exists; bridge info is the portal's own)."""
         space = self.spaces.get(portal.customer_uuid)
-        if self.enabled and space is not None and space.is_active:
-            events.append(
-                {
-                    "type": room_meta.SPACE_PARENT,
-                    "state_key": space.room_id,
-                    "content": room_meta.parent_content(self.server_name),
-                }
-            )
-        return events
+        if not (self.enabled and space is not None and space.is_active):
+            return []
+        return [
+            {
+                "type": room_meta.SPACE_PARENT,
+                "state_key": space.room_id,
+                "content": room_meta.parent_content(self.server_name),
+            }
+        ]
 
     # endregion
     # region portal hooks

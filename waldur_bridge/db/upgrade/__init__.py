@@ -11,4 +11,5 @@ from . import (  # noqa: E402,F401
     v00_latest_revision,
     v02_spaces,
     v03_bridge_instance,
+    v04_portal_alias,
 )

@@ -6,7 +6,7 @@ from mautrix.util.async_db import Connection, Scheme
 
 from . import upgrade_table
 
-LATEST_REVISION = 3
+LATEST_REVISION = 4
 
 
 @upgrade_table.register(description="Latest revision", upgrades_to=LATEST_REVISION)
@@ -14,7 +14,8 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
     serial = "BIGSERIAL" if scheme != Scheme.SQLITE else "INTEGER"
     autoincrement = "" if scheme != Scheme.SQLITE else "AUTOINCREMENT"
     # A portal is the room of one Waldur project; its state survives a disable so that
-    # reactivation finds the same room.
+    # reactivation finds the same room. `alias` is the alias planned (state 'creating') or
+    # given to the room: recorded before createRoom, so a crash cannot leave a second room.
     await conn.execute(
         """CREATE TABLE portal (
             project_uuid  TEXT PRIMARY KEY,
@@ -25,6 +26,7 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
             topic         TEXT NOT NULL DEFAULT '',
             encrypted     BOOLEAN NOT NULL DEFAULT false,
             error         TEXT,
+            alias         TEXT,
             created_at    BIGINT NOT NULL,
             updated_at    BIGINT NOT NULL
         )"""

@@ -1,0 +1,73 @@
+"""The createRoom request of a new portal, and how a room's link is read back."""
+
+from __future__ import annotations
+
+import pytest
+
+from waldur_bridge.room_creation import NewRoom, create_room_request, linked_project
+
+BOT = "@waldurbot:example.org"
+ALICE = "@waldur_alice:example.org"
+BOB = "@waldur_bob:example.org"
+
+
+def new_room(version: str, **kwargs: object) -> NewRoom:
+    values: dict[str, object] = {
+        "project_uuid": "p" * 32,
+        "customer_uuid": "c" * 32,
+        "name": "Apollo",
+        "topic": "Acme: telescope",
+        "bot_mxid": BOT,
+        "room_version": version,
+        "invitees": (ALICE, BOB, BOT),
+        "levels": {ALICE: 50, BOT: 50},
+        "bridge_info_state_key": "waldur://" + "p" * 32,
+        "bridge_info": {"bridgebot": BOT},
+    }
+    values.update(kwargs)
+    return NewRoom(**values)  # type: ignore[arg-type]
+
+
+def test_v12_team_levels_without_the_creator() -> None:
+    request = create_room_request(new_room("12"))
+    levels = request["power_level_override"]
+    # v12: the creator's power is implicit and listing it is refused.
+    assert levels["users"] == {ALICE: 50}
+    assert levels["events"]["m.room.tombstone"] == 150
+    assert request["invitees"] == [ALICE, BOB]
+    assert request["room_version"] == "12"
+
+
+@pytest.mark.parametrize("version", ["10", "11"])
+def test_before_v12_the_bot_keeps_100(version: str) -> None:
+    # A users map without the bot would demote the creator to users_default.
+    levels = create_room_request(new_room(version))["power_level_override"]["users"]
+    assert levels == {BOT: 100, ALICE: 50}
+    empty = create_room_request(new_room(version, levels={}, invitees=()))
+    assert empty["power_level_override"]["users"] == {BOT: 100}
+    assert empty["invitees"] == []
+
+
+def test_initial_state_links_the_project_and_encryption_is_optional() -> None:
+    request = create_room_request(new_room("12"))
+    types = [e["type"] for e in request["initial_state"]]
+    assert types[0] == "org.waldur.project"
+    assert request["initial_state"][0]["content"] == {
+        "project_uuid": "p" * 32,
+        "customer_uuid": "c" * 32,
+    }
+    assert "m.room.encryption" not in types
+    assert {"m.bridge", "uk.half-shot.bridge"} <= set(types)
+    assert request["creation_content"] == {}
+    closed = create_room_request(new_room("12", encrypted=True, federate=False))
+    assert "m.room.encryption" in [e["type"] for e in closed["initial_state"]]
+    assert closed["creation_content"] == {"m.federate": False}
+
+
+def test_linked_project_needs_the_bot_as_creator() -> None:
+    link = {"type": "org.waldur.project", "state_key": "", "content": {"project_uuid": "AB-CD"}}
+    create = {"type": "m.room.create", "state_key": "", "sender": BOT, "content": {}}
+    assert linked_project([create, link], BOT) == "abcd"
+    assert linked_project([{**create, "sender": "@mallory:example.org"}, link], BOT) is None
+    assert linked_project([create], BOT) is None
+    assert linked_project([create, {**link, "content": {"superseded_by": "!x"}}], BOT) is None
