@@ -157,23 +157,28 @@ async def test_space_rows_roundtrip(database: Database) -> None:
     assert await SpaceMember.get("space:" + "c" * 32, "@a:localhost") is None
 
 
-async def test_upgrade_from_v1_keeps_spaces_and_adds_columns(database: Database) -> None:
-    from waldur_bridge.db import CustomerSpace
-
-    # Put the database back to revision 1, as a bridge before spaces left it.
-    for table in ("portal_decoration", "space_member", "customer_space"):
+async def _back_to_revision_1(database: Database) -> None:
+    """Undo every step after revision 1, leaving the schema of the first release."""
+    for table in ("portal_decoration", "space_member", "customer_space", "bridge_instance"):
         await database.execute(f"DROP TABLE {table}")
     await database.execute(
         "CREATE TABLE customer_space (customer_uuid TEXT PRIMARY KEY, "
         "room_id TEXT UNIQUE NOT NULL, name TEXT NOT NULL DEFAULT '')"
     )
+    await database.execute("ALTER TABLE portal DROP COLUMN alias")
+    await database.execute("UPDATE version SET version=1")
+
+
+async def test_upgrade_from_v1_keeps_spaces_and_adds_columns(database: Database) -> None:
+    from waldur_bridge.db import CustomerSpace
+
+    await _back_to_revision_1(database)
     await database.execute(
         "INSERT INTO customer_space (customer_uuid, room_id, name) VALUES ($1, $2, $3)",
         "c" * 32,
         "!old:localhost",
         "Old Org",
     )
-    await database.execute("UPDATE version SET version=1")
     await upgrade_table.upgrade(database)
     assert await database.fetchval("SELECT version FROM version") == LATEST_REVISION
     kept = await CustomerSpace.get("c" * 32)
@@ -183,12 +188,11 @@ async def test_upgrade_from_v1_keeps_spaces_and_adds_columns(database: Database)
 
 async def test_upgrade_from_revision_1_adds_the_portal_alias(database: Database) -> None:
     """A database of the first schema (no alias column) keeps its portals and gains it."""
-    await database.execute("ALTER TABLE portal DROP COLUMN alias")
+    await _back_to_revision_1(database)
     await database.execute(
         "INSERT INTO portal (project_uuid, customer_uuid, room_id, state, created_at, "
         "updated_at) VALUES ('p1', 'c1', '!old:localhost', 'active', 1, 1)"
     )
-    await database.execute("UPDATE version SET version=1")
     await database.upgrade_table.upgrade(database)
     assert await database.fetchval("SELECT version FROM version") == LATEST_REVISION
     old = await Portal.get_by_project("p1")
