@@ -159,11 +159,14 @@ class WaldurBridge(Bridge):
         if runner is not None:
             # Synapse keeps its transaction connection open; aiohttp would wait 60 s for it.
             runner._shutdown_timeout = 5.0
+        # The work in progress finishes while the homeserver session is still open: mautrix's
+        # stop closes it first, and a write on a closed session is retried for minutes.
+        await self.sync.stop()
         await super().stop()
         await self.leadership.release()
 
     def prepare_stop(self) -> None:
-        self.add_shutdown_actions(self.sync.stop(), self.waldur.close())
+        self.add_shutdown_actions(self.waldur.close())
 
     # region process lifecycle
 

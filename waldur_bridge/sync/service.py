@@ -9,8 +9,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import aiohttp
-from mautrix.errors import MatrixError, MatrixRequestError
+from mautrix.errors import MatrixRequestError
 
 from ..db import HeldRemoval, PortalMember, portal as states
 from ..duplicates import DuplicateFinder
@@ -38,6 +37,7 @@ from .directory import ProjectGone, ProjectView, WaldurDirectory
 from .drift import DriftGuard
 from .executor import PlanExecutor
 from .expiry import ExpiryTimers
+from .failures import EXPECTED_FAILURES, HomeserverWritesFailed, IncompleteRead
 from .planner import CurrentRoom, Plan
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
 from .progress import InitialSyncProgress
@@ -65,26 +65,6 @@ EXPIRY = "expiry"
 
 def _roles_text(roles: tuple[str, ...]) -> str:
     return f"role {', '.join(roles)}" if roles else "desired by policy"
-
-
-class IncompleteRead(Exception):
-    """Part of Waldur's answer was missing: additions were made, removals wait for a retry."""
-
-
-class HomeserverWritesFailed(RuntimeError):
-    """Some invites, kicks or power-level writes failed; the queue retries the room."""
-
-
-# Failures a reconcile expects now and then (Waldur or the homeserver down, an incomplete read):
-# logged as one warning line and retried with backoff, never a traceback.
-EXPECTED_FAILURES: tuple[type[Exception], ...] = (
-    WaldurError,
-    IncompleteRead,
-    HomeserverWritesFailed,
-    MatrixError,
-    aiohttp.ClientError,
-    TimeoutError,
-)
 
 
 def policy_from_config(config) -> MembershipPolicy:

@@ -30,6 +30,7 @@ from ..portal import PROJECT_STATE_EVENT, Portal
 from ..puppet import Puppet
 from ..space import CUSTOMER_STATE_EVENT, Space
 from ..waldur import Customer, WaldurError
+from .failures import EXPECTED_FAILURES, HomeserverWritesFailed
 from .planner import DesiredMember, DesiredRoom, Kick
 from .policy import MembershipPolicy, role_power_level
 from .queue import CoalescingQueue
@@ -83,6 +84,7 @@ class SpaceSync:
             concurrency=max(1, min(4, int(config["bridge.membership.concurrency"]))),
             base_delay=5.0,
             name="spaces",
+            expected=EXPECTED_FAILURES,
         )
         self.avatars = Avatars(bridge.waldur, bridge.az)
         self.teams: dict[str, PortalTeam] = {}
@@ -555,7 +557,7 @@ class SpaceSync:
         )
         await self._report_holds(space, plan.held)
         if outcome.failed:
-            raise RuntimeError(
+            raise HomeserverWritesFailed(
                 f"{outcome.failed} homeserver write(s) in the space failed: "
                 + "; ".join(outcome.errors[:3])
             )
