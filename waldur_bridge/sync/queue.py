@@ -184,7 +184,11 @@ class CoalescingQueue:
 
     async def _run(self) -> None:
         while True:
-            key, wait = (None, None) if self._stopping else self._next_ready()
+            if self._stopping:
+                # Return rather than wait to be cancelled: a cancel that lands as the wake-up
+                # event fires is swallowed by the wait, and the worker would sleep forever.
+                return
+            key, wait = self._next_ready()
             if key is None:
                 if not self._pending and not self._running:
                     self._idle.set()
