@@ -72,3 +72,46 @@ async def test_failure_is_retried_with_backoff() -> None:
         await queue.stop()
     assert attempts == 3
     assert queue.failures == 2
+
+
+async def test_reported_changes_run_before_queued_sweep_work() -> None:
+    """A web hook's project requested behind a sweep's thousand portals runs next."""
+    runs: list[str] = []
+    gate = asyncio.Event()
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append(key)
+        await gate.wait()
+
+    queue = CoalescingQueue(worker, concurrency=1, background=frozenset({"sweep"}))
+    queue.start()
+    try:
+        for i in range(1000):
+            queue.request(f"p{i}", "sweep")
+        await asyncio.sleep(0.01)  # p0 is running, the rest wait
+        queue.request("hooked", "webhook:role_granted")
+        queue.request("p500", "events:role_revoked")  # sweep work that Waldur reported on
+        gate.set()
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    assert runs[:3] == ["p0", "hooked", "p500"]
+    assert sorted(runs) == sorted([f"p{i}" for i in range(1000)] + ["hooked"])
+
+
+async def test_without_background_reasons_arrival_order_holds() -> None:
+    runs: list[str] = []
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append(key)
+
+    queue = CoalescingQueue(worker, concurrency=1)
+    for key in ("a", "b", "c"):
+        queue.request(key, "sweep")
+    queue.request("d", "webhook")
+    queue.start()
+    try:
+        await queue.wait_idle(5)
+    finally:
+        await queue.stop()
+    assert runs == ["a", "b", "c", "d"]

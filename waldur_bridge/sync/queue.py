@@ -31,6 +31,10 @@ class CoalescingQueue:
 
     A worker that raises is retried with exponential backoff (base_delay doubling up to
     max_delay) unless a newer request arrives first, which runs as soon as a slot is free.
+
+    Keys whose reasons are all in `background` (a sweep's routine look at every portal) wait
+    behind any key with another reason: a web hook's grant during a sweep of thousands of
+    portals runs in the next free slot instead of after the whole sweep.
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class CoalescingQueue:
         base_delay: float = 2.0,
         max_delay: float = 300.0,
         name: str = "queue",
+        background: frozenset[str] = frozenset(),
     ) -> None:
         self._worker = worker
         self._concurrency = concurrency
@@ -48,6 +53,9 @@ class CoalescingQueue:
         self._max_delay = max_delay
         self._name = name
         self._pending: dict[str, _Pending] = {}
+        self._background = background
+        # Pending keys with a reason outside `background`, in arrival order (an ordered set).
+        self._urgent: dict[str, None] = {}
         self._running: set[str] = set()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -71,6 +79,8 @@ class CoalescingQueue:
             pending.reasons.add(reason)
             # Fresh information beats a retry timer: run as soon as possible.
             pending.not_before = 0.0
+        if reason not in self._background:
+            self._urgent[key] = None
         self._idle.clear()
         self._wakeup.set()
 
@@ -85,6 +95,8 @@ class CoalescingQueue:
         self._pending[key] = _Pending(
             reasons=set(reasons), not_before=time.monotonic() + delay, failures=failures
         )
+        if not reasons <= self._background:
+            self._urgent[key] = None
         log.info("%s: %s failed %d time(s), retrying in %.0f s", self._name, key, failures, delay)
 
     @property
@@ -108,8 +120,12 @@ class CoalescingQueue:
         await asyncio.wait_for(self._idle.wait(), timeout)
 
     def _next_ready(self) -> tuple[str | None, float | None]:
-        """The oldest ready key (dicts keep arrival order), else how long until one is ready."""
+        """The oldest ready urgent key, else the oldest ready key (dicts keep arrival order),
+        else how long until one is ready."""
         now = time.monotonic()
+        for key in self._urgent:
+            if key not in self._running and self._pending[key].not_before <= now:
+                return key, None
         soonest: float | None = None
         for key, pending in self._pending.items():
             if key in self._running:
@@ -133,6 +149,7 @@ class CoalescingQueue:
                     pass
                 continue
             pending = self._pending.pop(key)
+            self._urgent.pop(key, None)
             self._running.add(key)
             try:
                 await self._worker(key, frozenset(pending.reasons))

@@ -82,6 +82,8 @@ class SyncService:
             concurrency=self.config["bridge.membership.concurrency"],
             base_delay=5.0,
             name="reconcile",
+            # A sweep's routine runs yield to what Waldur just reported (web hooks, events).
+            background=frozenset({SWEEP}),
         )
         self.poller = EventsPoller(
             bridge.waldur,
