@@ -218,8 +218,10 @@ async def _one_grant(
     user, username, project = pair
     room_id = await handle.portal_room(project)
     seen = ctx.watcher.expect(room_id, handle.puppet(username))
-    started = time.perf_counter()
     await sim.call("grant", user, project, "PROJECT.MEMBER")
+    # From the moment the grant exists: the child applies it and answers in one step, while a
+    # busy child (serving the sweep's pages) could make the call itself wait before it.
+    started = time.perf_counter()
     return await asyncio.wait_for(seen, timeout) - started
 
 

@@ -6,7 +6,9 @@ every listing spans many of them."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -145,3 +147,27 @@ def _some_grant(sim: WaldurSimulator, seeded: dict) -> tuple[str, str, str]:
         if grant.scope.uuid in projects and grant.is_active and grant.expiration_time is None:
             return grant.user.uuid, grant.scope.uuid, grant.role.name
     raise AssertionError("no project grant in the seeded world")
+
+
+async def test_sweep_pages_wait_while_a_project_is_read(world) -> None:
+    """A web hook's read of one project goes before the sweep's next pages (a sweep must not
+    hold up the person waiting for a room)."""
+    sim, seeded = world
+    project = seeded["projects"][0]
+    listings = {"/api/projects/", "/api/users/", "/api/user-permissions/"}
+    async with client_for(sim) as client:
+        directory = WaldurDirectory(client)
+        await directory.snapshot()
+        sim.faults.delay(0.5, f"/api/projects/{project}/", times=2)  # slow Waldur
+        read = asyncio.create_task(directory.read_project(project))
+        await asyncio.sleep(0.1)  # the read is in flight
+        sim.reset_request_log()
+        sweep = asyncio.create_task(directory.snapshot())
+        await read
+        read_done = time.time()
+        pages_meanwhile = [r for r in sim.request_log if r.path in listings]
+        snapshot = await sweep
+    # At most the first page of each listing, already asked for when the sweep began.
+    assert len(pages_meanwhile) <= 3
+    assert all(r.at <= read_done for r in pages_meanwhile)
+    assert snapshot.requests > 3 * 10 and directory.last_snapshot is snapshot
