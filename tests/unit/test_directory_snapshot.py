@@ -167,7 +167,8 @@ async def test_sweep_pages_wait_while_a_project_is_read(world) -> None:
         read_done = time.time()
         pages_meanwhile = [r for r in sim.request_log if r.path in listings]
         snapshot = await sweep
-    # At most the first page of each listing, already asked for when the sweep began.
-    assert len(pages_meanwhile) <= 3
+    # At most the first page of each listing and the one read ahead after it (without the
+    # wait, dozens of pages go by in that half second).
+    assert len(pages_meanwhile) <= 6
     assert all(r.at <= read_done for r in pages_meanwhile)
     assert snapshot.requests > 3 * 10 and directory.last_snapshot is snapshot

@@ -211,11 +211,17 @@ class WaldurClient:
         after every page: a caller must treat what it gathered as valid only once the
         iteration has ended without raising.
         """
-        async for page in self._pages(path, params, page_size or self._page_size, False):
+        pages = self._pages(path, params, page_size or self._page_size, False, read_ahead=True)
+        async for page in pages:
             yield page
 
     async def _pages(
-        self, path: str, params: QueryParams | None, page_size: int, first_page_only: bool
+        self,
+        path: str,
+        params: QueryParams | None,
+        page_size: int,
+        first_page_only: bool,
+        read_ahead: bool = False,
     ) -> AsyncIterator[list[Any]]:
         query = dict(params or {})
         query.setdefault("page_size", page_size)
@@ -223,28 +229,43 @@ class WaldurClient:
         seen = {url}
         total = 0
         count: int | None = None
-        while True:
-            reply = await self._send("GET", url)
-            page = self._decode(reply, url)
-            if not isinstance(page, list):
-                raise self._protocol_error(
-                    f"expected a JSON array (a paginated list), got {type(page).__name__}", url
-                )
-            total += len(page)
-            count = self._result_count(reply, url)
-            next_url = reply.next_url
-            del reply  # the raw body is not kept while the caller works on the page
-            yield page
-            if first_page_only or next_url is None:
-                break
-            if not page:
-                raise self._protocol_error("an empty page links to a next page", url)
-            url = self._rebase(next_url)
-            if url in seen:
-                raise self._protocol_error(
-                    "pagination links loop back to a page already read", url
-                )
-            seen.add(url)
+        ahead: asyncio.Future[_Reply] | None = None
+        try:
+            while True:
+                if ahead is not None:
+                    reply, ahead = await ahead, None
+                else:
+                    reply = await self._send("GET", url)
+                page = self._decode(reply, url)
+                if not isinstance(page, list):
+                    raise self._protocol_error(
+                        f"expected a JSON array (a paginated list), got {type(page).__name__}",
+                        url,
+                    )
+                total += len(page)
+                count = self._result_count(reply, url)
+                following: URL | None = None
+                if not first_page_only and reply.next_url is not None:
+                    if not page:
+                        raise self._protocol_error("an empty page links to a next page", url)
+                    following = self._rebase(reply.next_url)
+                    if following in seen:
+                        raise self._protocol_error(
+                            "pagination links loop back to a page already read", following
+                        )
+                    seen.add(following)
+                    if read_ahead:
+                        # Waldur serves the next page while the caller works on this one.
+                        ahead = asyncio.ensure_future(self._send("GET", following))
+                del reply  # the raw body is not kept while the caller works on the page
+                yield page
+                if following is None:
+                    break
+                url = following
+        finally:
+            if ahead is not None:
+                ahead.add_done_callback(_consume)
+                ahead.cancel()
         if not first_page_only and count is not None and count != total:
             raise self._protocol_error(
                 f"listing gathered {total} items but X-Result-Count says {count}: the list "
@@ -658,6 +679,12 @@ class WaldurClient:
         self.stats.failures += 1
         log.debug("Waldur call failed: %s", error)
         return error
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a read-ahead nobody waits for (no "never retrieved" warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _query_pairs(params: QueryParams) -> Iterable[tuple[str, str]]:
