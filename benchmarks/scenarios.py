@@ -17,11 +17,10 @@ from harness import (
     HomeserverCounter,
     JoinWatcher,
     Profiler,
-    memory,
     summarize_ms,
 )
 
-from waldur_simulator import WaldurSimulator, seed_bulk
+from waldur_simulator import WaldurSimulator
 
 WEBHOOK_GROUPS = ("permissions", "projects", "users")
 
@@ -94,7 +93,8 @@ def _counts(handle: BridgeHandle) -> dict[str, Any]:
     return {
         "executor_writes": bridge.sync.executor.writes,
         "waldur_requests": bridge.waldur.stats.requests,
-        "sim_requests": handle.sim.total_requests,
+        # A simulator in a child process (the steady phase) counts its requests itself.
+        "sim_requests": getattr(handle.sim, "total_requests", 0),
     }
 
 
@@ -112,131 +112,6 @@ async def _room_members_ok(ctx: Context, handle: BridgeHandle, teams: list[Team]
     return True
 
 
-# region (2) steady state and (4) memory
-
-
-async def steady_state(
-    ctx: Context, *, projects: int, grants: int, portals: int | None, sweeps: int
-) -> dict[str, Any]:
-    """seed_bulk on a fresh simulator; the bridge (create: none) makes `portals` portals through
-    its admin path (create_portal), then sweeps with nothing changed."""
-    mem = [memory("start of the steady-state phase")]
-    sim = WaldurSimulator()
-    await sim.start()
-    handle = BridgeHandle(ctx.hs, sim, ctx.workdir / "bridge-steady", ctx.watcher, ctx.overrides)
-    result: dict[str, Any] = {}
-    try:
-        started = time.perf_counter()
-        seeded = seed_bulk(sim, projects=projects, grants=grants)
-        result["seed"] = {
-            "projects": len(seeded["projects"]),
-            "grants": seeded["grants"],
-            "users": len(seeded["users"]),
-            "customers": len(seeded["customers"]),
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        mem.append(memory("simulator seeded"))
-        await handle.start(**{"bridge.portals.create": "none"})
-        await handle.wait_first_sweep()
-        mem.append(memory("bridge started, first sweep (no portals) done"))
-        bridge = handle.bridge
-
-        chosen = seeded["projects"] if portals is None else seeded["projects"][:portals]
-        c0, h0 = _counts(handle), ctx.counter.snapshot()
-        started = time.perf_counter()
-        for project_uuid in chosen:
-            await bridge.sync.create_portal(project_uuid)
-        await handle.settle(timeout=7200)
-        creation_s = time.perf_counter() - started
-        hs_delta = ctx.counter.delta(h0, ctx.counter.snapshot())
-        joins = hs_delta["writes_by_endpoint"].get("POST /_matrix/client/v3/rooms/{id}/join", 0)
-        result["portal_creation"] = {
-            "portals": len(chosen),
-            "seconds": round(creation_s, 2),
-            "joins": joins,
-            "pairs_per_s": round(joins / creation_s, 2),
-            "homeserver_writes": hs_delta["writes"],
-            "homeserver_writes_per_s": round(hs_delta["writes"] / creation_s, 2),
-            "failed_runs": bridge.sync.queue.failures,
-            **_delta(c0, _counts(handle)),
-        }
-        mem.append(memory(f"{len(chosen)} portals created"))
-
-        runs = []
-        for i in range(sweeps):
-            await asyncio.sleep(0.5)
-            sim.reset_request_log()
-            c0, h0 = _counts(handle), ctx.counter.snapshot()
-            reconciles0 = bridge.sync.queue.runs
-            meter = ctx.hs.cpu()
-            with ctx.profiler(f"steady-sweep-{i + 1}") as profiler:
-                started = time.perf_counter()
-                queued = await bridge.sync.sweep()
-                read_s = time.perf_counter() - started
-                await handle.settle(timeout=3600)
-                wall = time.perf_counter() - started
-            usage = meter.stop()
-            counts = _delta(c0, _counts(handle))
-            hs_delta = ctx.counter.delta(h0, ctx.counter.snapshot())
-            sim_busy = sum(r.duration for r in sim.request_log)
-            scale = len(seeded["projects"]) + seeded["grants"]
-            run = {
-                "sweep": i + 1,
-                "portals_reconciled": bridge.sync.queue.runs - reconciles0,
-                "portals_queued": queued,
-                "wall_seconds": round(wall, 3),
-                "bulk_read_seconds": round(read_s, 3),
-                "reconcile_seconds": round(wall - read_s, 3),
-                "simulator_busy_seconds": round(sim_busy, 3),
-                "waldur_requests": counts["waldur_requests"],
-                "waldur_requests_by_endpoint": dict(sim.request_counts.most_common()),
-                "waldur_requests_per_100_grants_and_projects": round(
-                    100 * counts["waldur_requests"] / scale, 3
-                ),
-                "homeserver_writes_executor": counts["executor_writes"],
-                "homeserver_writes_http": hs_delta["writes"],
-                "homeserver_writes_by_endpoint": hs_delta["writes_by_endpoint"],
-                "homeserver_reads": hs_delta["reads"],
-                "homeserver_reads_by_endpoint": hs_delta["reads_by_endpoint"],
-                "homeserver_mean_ms_by_endpoint": hs_delta["mean_ms_by_endpoint"],
-                "cpu": usage,
-                "rss_mb_after": memory("")["rss_mb"],
-            }
-            if profiler.top() is not None:
-                run["profile_top_tottime"] = profiler.top()
-            if len(chosen) < len(seeded["projects"]) and chosen:
-                per_portal = (wall - read_s) / len(chosen)
-                run["estimated_wall_seconds_all_portals"] = round(
-                    read_s + per_portal * len(seeded["projects"]), 2
-                )
-                run["estimate_basis"] = (
-                    f"linear: bulk read measured, reconcile time per portal "
-                    f"({per_portal * 1000:.1f} ms) x {len(seeded['projects'])} portals. "
-                    "Measure for real with --steady-portals all (~25 min)"
-                )
-            runs.append(run)
-        result["sweeps"] = runs
-        mem.append(memory(f"after {sweeps} steady sweeps"))
-        sim_share = mem[1]["rss_mb"] - mem[0]["rss_mb"]
-        result["memory"] = {
-            "snapshots": mem,
-            "portals": len(chosen),
-            "simulator_seed_rss_mb": round(sim_share, 1),
-            "process_rss_mb": mem[-1]["rss_mb"],
-            "bridge_estimate_rss_mb": round(mem[-1]["rss_mb"] - sim_share, 1),
-            "note": (
-                "process RSS includes the in-process Waldur simulator (seeded world counted in "
-                "simulator_seed_rss_mb), the bare-loop client and the interpreter; "
-                "bridge_estimate_rss_mb subtracts the simulator's seed delta"
-            ),
-        }
-        return result
-    finally:
-        await handle.stop()
-        await sim.stop()
-
-
-# endregion
 # region (1) initial sync and (3) latency
 
 

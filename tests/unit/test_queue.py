@@ -253,3 +253,48 @@ async def test_stop_cancels_a_run_that_outlasts_the_grace() -> None:
     await asyncio.sleep(0.05)
     await asyncio.wait_for(queue.stop(grace=0.1), 30)
     assert cancelled.is_set()
+
+
+async def test_reported_changes_run_before_queued_sweep_work() -> None:
+    """A web hook's project requested behind a sweep's thousand portals runs next."""
+    runs: list[str] = []
+    gate = asyncio.Event()
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append(key)
+        await gate.wait()
+
+    queue = CoalescingQueue(worker, concurrency=1)
+    queue.start()
+    try:
+        for i in range(1000):
+            queue.request(f"p{i}", "sweep", background=True)
+        await asyncio.sleep(0.01)  # p0 is running, the rest wait
+        queue.request("hooked", "webhook:role_granted")
+        queue.request("p500", "events:role_revoked")  # sweep work that Waldur reported on
+        gate.set()
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    # Both reported projects run before the rest of the sweep (among themselves, in the order
+    # they were first queued).
+    assert runs[0] == "p0" and set(runs[1:3]) == {"hooked", "p500"}
+    assert sorted(runs) == sorted([f"p{i}" for i in range(1000)] + ["hooked"])
+
+
+async def test_without_background_reasons_arrival_order_holds() -> None:
+    runs: list[str] = []
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append(key)
+
+    queue = CoalescingQueue(worker, concurrency=1)
+    for key in ("a", "b", "c"):
+        queue.request(key, "sweep")
+    queue.request("d", "webhook")
+    queue.start()
+    try:
+        await queue.wait_idle(5)
+    finally:
+        await queue.stop()
+    assert runs == ["a", "b", "c", "d"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -160,6 +161,40 @@ async def test_result_count_mismatch_is_a_protocol_error(
         await client.list_projects()
     assert caught.value.path == "/api/projects/"
     assert client.stats.failures == 1
+
+
+async def test_streamed_pages_hold_the_listing_and_its_checks(
+    serve: Serve, make_client: MakeClient
+) -> None:
+    """iter_projects gives the same projects page by page, reads one page ahead, and a count
+    that does not add up still fails the listing (after its last page)."""
+    projects = [project(f"{i:032x}") for i in range(1, 8)]
+    asked: list[str] = []
+    inner = paginated(projects)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        asked.append(request.query.get("page", "1"))
+        return await inner(request)
+
+    base = await serve({"/api/projects/": handler, "/api/short/": paginated(projects, count=9)})
+    client = make_client(base, page_size=3)
+    pages = []
+    async for page in client.iter_projects():
+        pages.append([p.uuid for p in page])
+        # While this page is worked on, the next one is asked for.
+        for _ in range(500):
+            if len(asked) == min(3, len(pages) + 1):
+                break
+            await asyncio.sleep(0.01)
+        assert len(asked) == min(3, len(pages) + 1)
+    assert pages == [[f"{i:032x}" for i in range(j, min(j + 3, 8))] for j in (1, 4, 7)]
+    assert asked == ["1", "2", "3"]
+
+    gathered = 0
+    with pytest.raises(WaldurProtocolError, match="X-Result-Count says 9"):
+        async for raw in client.iter_pages("/api/short/"):
+            gathered += len(raw)
+    assert gathered == 7  # every page came, and then the listing failed as a whole
 
 
 async def test_non_list_body_is_a_protocol_error(serve: Serve, make_client: MakeClient) -> None:

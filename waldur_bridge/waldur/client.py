@@ -15,7 +15,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -207,38 +207,91 @@ class WaldurClient:
         page_size: int,
         first_page_only: bool = False,
     ) -> list[Any]:
+        items: list[Any] = []
+        async for page in self._pages(path, params, page_size, first_page_only):
+            items.extend(page)
+        return items
+
+    async def iter_pages(
+        self, path: str, params: QueryParams | None = None, *, page_size: int | None = None
+    ) -> AsyncIterator[list[Any]]:
+        """Yield the raw items of a list endpoint page by page, with ``get_list``'s checks.
+
+        A large site's listings (100,000 grants) are parsed a page at a time instead of being
+        held whole. The last check (``X-Result-Count`` against the items seen) can only fail
+        after every page: a caller must treat what it gathered as valid only once the
+        iteration has ended without raising.
+        """
+        pages = self._pages(path, params, page_size or self._page_size, False, read_ahead=True)
+        async for page in pages:
+            yield page
+
+    async def _pages(
+        self,
+        path: str,
+        params: QueryParams | None,
+        page_size: int,
+        first_page_only: bool,
+        read_ahead: bool = False,
+    ) -> AsyncIterator[list[Any]]:
         query = dict(params or {})
         query.setdefault("page_size", page_size)
         url = self._url(path, query)
         seen = {url}
-        items: list[Any] = []
+        total = 0
         count: int | None = None
-        while True:
-            reply = await self._send("GET", url)
-            page = self._decode(reply, url)
-            if not isinstance(page, list):
-                raise self._protocol_error(
-                    f"expected a JSON array (a paginated list), got {type(page).__name__}", url
-                )
-            items.extend(page)
-            count = self._result_count(reply, url)
-            if first_page_only or reply.next_url is None:
-                break
-            if not page:
-                raise self._protocol_error("an empty page links to a next page", url)
-            url = self._rebase(reply.next_url)
-            if url in seen:
-                raise self._protocol_error(
-                    "pagination links loop back to a page already read", url
-                )
-            seen.add(url)
-        if not first_page_only and count is not None and count != len(items):
+        ahead: asyncio.Future[_Reply] | None = None
+        try:
+            while True:
+                if ahead is not None:
+                    reply, ahead = await ahead, None
+                else:
+                    reply = await self._send("GET", url)
+                page = self._decode(reply, url)
+                if not isinstance(page, list):
+                    raise self._protocol_error(
+                        f"expected a JSON array (a paginated list), got {type(page).__name__}",
+                        url,
+                    )
+                total += len(page)
+                count = self._result_count(reply, url)
+                following: URL | None = None
+                if not first_page_only and reply.next_url is not None:
+                    if not page:
+                        raise self._protocol_error("an empty page links to a next page", url)
+                    following = self._rebase(reply.next_url)
+                    if following in seen:
+                        raise self._protocol_error(
+                            "pagination links loop back to a page already read", following
+                        )
+                    seen.add(following)
+                    if read_ahead:
+                        # Waldur serves the next page while the caller works on this one.
+                        ahead = asyncio.ensure_future(self._send("GET", following))
+                del reply  # the raw body is not kept while the caller works on the page
+                yield page
+                if following is None:
+                    break
+                url = following
+        finally:
+            if ahead is not None:
+                ahead.add_done_callback(_consume)
+                ahead.cancel()
+        if not first_page_only and count is not None and count != total:
             raise self._protocol_error(
-                f"listing gathered {len(items)} items but X-Result-Count says {count}: the list "
+                f"listing gathered {total} items but X-Result-Count says {count}: the list "
                 "changed while it was being read, or pagination is broken; retry later",
                 url,
             )
-        return items
+
+    async def _parsed_pages(
+        self, path: str, parse: Callable[[Any], T], params: QueryParams | None = None
+    ) -> AsyncIterator[list[T]]:
+        """Pages of a listing, each parsed into records (a bad item fails the listing)."""
+        offset = 0
+        async for page in self.iter_pages(path, params):
+            yield self._parse_all(path, page, parse, offset)
+            offset += len(page)
 
     # --- images -------------------------------------------------------------------------------
 
@@ -298,6 +351,10 @@ class WaldurClient:
         """Every user visible to the bridge's account (all of them for staff)."""
         return self._parse_all("/api/users/", await self.get_list("/api/users/"), User.from_api)
 
+    def iter_users(self) -> AsyncIterator[list[User]]:
+        """``list_users`` page by page (see ``iter_pages``: valid only once it ends)."""
+        return self._parsed_pages("/api/users/", User.from_api)
+
     async def list_customers(self) -> list[Customer]:
         path = "/api/customers/"
         return self._parse_all(path, await self.get_list(path), Customer.from_api)
@@ -316,6 +373,10 @@ class WaldurClient:
         if customer_uuid is None:
             return projects
         return self._keep(path, "customer", projects, lambda p: p.customer_uuid == customer_uuid)
+
+    def iter_projects(self) -> AsyncIterator[list[Project]]:
+        """Every project, page by page (see ``iter_pages``: valid only once it ends)."""
+        return self._parsed_pages("/api/projects/", Project.from_api)
 
     async def get_order(self, uuid: str) -> Order:
         """One order; raises WaldurNotFound."""
@@ -351,6 +412,10 @@ class WaldurClient:
         """
         path = "/api/user-permissions/"
         return self._parse_all(path, await self.get_list(path), RoleGrant.from_permission)
+
+    def iter_all_grants(self) -> AsyncIterator[list[RoleGrant]]:
+        """``list_all_grants`` page by page (see ``iter_pages``: valid only once it ends)."""
+        return self._parsed_pages("/api/user-permissions/", RoleGrant.from_permission)
 
     # --- events -------------------------------------------------------------------------------
 
@@ -645,9 +710,11 @@ class WaldurClient:
         except WaldurProtocolError as exc:
             raise self._protocol_error(exc.message, self._url(path)) from exc
 
-    def _parse_all(self, path: str, items: list[Any], parse: Callable[[Any], T]) -> list[T]:
+    def _parse_all(
+        self, path: str, items: list[Any], parse: Callable[[Any], T], offset: int = 0
+    ) -> list[T]:
         parsed: list[T] = []
-        for index, item in enumerate(items):
+        for index, item in enumerate(items, offset):
             try:
                 parsed.append(parse(item))
             except WaldurProtocolError as exc:
@@ -679,6 +746,12 @@ class WaldurClient:
         if self.on_outcome is not None:
             self.on_outcome(error)
         return error
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a read-ahead nobody waits for (no "never retrieved" warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _query_pairs(params: QueryParams) -> Iterable[tuple[str, str]]:
