@@ -63,6 +63,8 @@ class WaldurBridge(Bridge):
     leadership: Leadership
     room_command_limiter: RateLimiter
     room_versions: RoomVersions
+    # Set when the homeserver's ping of this instance already succeeded during start-up.
+    reachable_ping_ms: int | None = None
 
     def prepare_arg_parser(self) -> None:
         super().prepare_arg_parser()

@@ -478,23 +478,12 @@ def install(bridge: WaldurBridge) -> Leadership:
             bridge.start_prometheus()  # so a standby reports waldur_bridge_active 0 too
             bridge._automatic_prometheus = False
         await leadership.wait_until_active()
-        duration = await ping_until_reachable(bridge, grace) if leadership.shared else None
-        if duration is None:
-            await original_wait()
-            return
-        # The framework pings again; skip that: Synapse 1.163 answers a ping that comes while
-        # it still retries the queued transactions with 502 (its force_retry cancels a timer
-        # twice), which the framework's retry turned into a 4 s stall.
-        real_ping = bridge.az.ping_self
-
-        async def pinged(txn_id: str | None = None) -> int:
-            return duration
-
-        bridge.az.ping_self = pinged  # type: ignore[method-assign]
-        try:
-            await original_wait()
-        finally:
-            bridge.az.ping_self = real_ping  # type: ignore[method-assign]
+        if leadership.shared:
+            # The start-up check then skips its own ping: Synapse 1.163 answers a ping that
+            # comes while it still retries the queued transactions with 502 (its force_retry
+            # cancels a timer twice).
+            bridge.reachable_ping_ms = await ping_until_reachable(bridge, grace)
+        await original_wait()
 
     bridge.matrix.wait_for_connection = wait_for_connection  # type: ignore[method-assign]
     return leadership

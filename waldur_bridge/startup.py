@@ -264,6 +264,10 @@ async def _check_reachable(bridge: WaldurBridge) -> None:
     ):
         log.info("The homeserver cannot ping appservices; not checking that it reaches the bridge")
         return
+    if bridge.reachable_ping_ms is not None:
+        # Already proven on becoming the active instance (high availability): a second ping
+        # now would only race the homeserver's retries of the queued transactions.
+        return
     address = bridge.config["appservice.address"]
     try:
         txn_id = bridge.az.intent.api.get_txn_id()
