@@ -140,6 +140,10 @@ class WaldurBridge(Bridge):
         except AnotherInstance as e:
             self.log.critical("%s", e)
             sys.exit(EXIT_SQLITE_IN_USE)
+        except Exception as e:
+            # The leadership's own connection failed before mautrix's database start could
+            # report it: the same one line (no traceback, no password).
+            startup.database_failed(self, e)
 
     async def start(self) -> None:
         await super().start()

@@ -207,7 +207,10 @@ async def test_space_per_organization_with_children_parents_and_hierarchy(
     assert info["network"] == {"id": ids["acme"], "displayname": "Acme Research"}
     assert await bridge_env.state(apollo, "uk.half-shot.bridge", info_key(ids["apollo"])) == info
 
-    # A steady sweep writes nothing: spaces, links, avatars and bridge info included.
+    # A steady sweep writes nothing: spaces, links, avatars and bridge info included. One sweep
+    # first: a homeserver push of an invite can reach the state store after the bridge recorded
+    # the puppet's join, and a stale "invite" there costs one (idempotent) join.
+    await bridge_env.sweep()
     with counting_requests() as counts:
         await bridge_env.sweep()
     assert writes(counts) == {}
@@ -273,6 +276,7 @@ async def test_switching_spaces_on_adds_existing_portals(bridge_env: BridgeEnv) 
     for room in (apollo, gemini):
         assert (await bridge_env.state(space, "m.space.child", room))["via"]
         assert (await bridge_env.state(room, "m.space.parent", space))["canonical"] is True
+    await bridge_env.sweep()  # steady state first (see above)
     with counting_requests() as counts:
         await bridge_env.sweep()
     assert writes(counts) == {}
@@ -365,6 +369,7 @@ async def test_avatar_from_waldur_is_uploaded_once(bridge_env: BridgeEnv) -> Non
     media = await media_bytes(bridge_env, avatar["url"])
     assert media == PNG_RED
 
+    await bridge_env.sweep()  # steady state first (see the hierarchy test)
     with counting_requests() as counts:
         await bridge_env.sweep()
     assert writes(counts) == {}
