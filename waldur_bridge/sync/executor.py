@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mautrix.appservice import IntentAPI
 from mautrix.errors import MatrixRequestError, MForbidden
-from mautrix.types import EventType, PowerLevelStateEventContent, RoomID, UserID
+from mautrix.types import EventType, Membership, PowerLevelStateEventContent, RoomID, UserID
 
 from ..db import AuditEntry, PortalMember
 from ..metrics import MEMBERSHIP_ACTIONS
@@ -44,6 +45,18 @@ def _log_change(action: str, target: str | None, cause: str, portal: Portal) -> 
         return
     preposition = "from" if action == "kick" else "to"
     log.info("%s %s %s %s: %s", _MEMBERSHIP_VERBS[action], target, preposition, room, cause)
+
+
+async def _joined_already(intent: IntentAPI, room_id: RoomID, user_id: str) -> bool:
+    """Whether the homeserver (not the cache) has ``user_id`` joined; fixes the cache if so."""
+    try:
+        member = await intent.get_state_event(room_id, EventType.ROOM_MEMBER, user_id)
+    except MatrixRequestError:
+        return False
+    if getattr(member, "membership", None) != Membership.JOIN:
+        return False
+    await intent.state_store.set_membership(room_id, UserID(user_id), Membership.JOIN)
+    return True
 
 
 def _room_label(portal: Portal) -> str:
@@ -132,6 +145,15 @@ class PlanExecutor:
 
                 if not await audited("invite", user_id, invite.cause, do_invite):
                     return
+            if (
+                join is not None
+                and invite is None
+                and await _joined_already(intent, room_id, user_id)
+            ):
+                # The cached "invite" was stale: a homeserver push of the invite can land in the
+                # state store after the join was recorded, and a join that changes nothing sends
+                # no event to correct it, so every sweep would join again.
+                join = None
             if (
                 join is not None
                 and puppet is not None
