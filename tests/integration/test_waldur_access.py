@@ -62,11 +62,14 @@ async def test_rejected_token_is_reported_once_per_change(
         assert len(lost_lines) == 1, [r.getMessage() for r in lost_lines]
         assert lost_lines[0].levelno == logging.ERROR
         assert "waldur.token" in lost_lines[0].getMessage()
-        # The loops' own lines for each failed try stay at DEBUG.
+        # The loops' own lines for each failed try stay at DEBUG. (The start-up report of
+        # rooms left by earlier tests on the shared homeserver is not about access.)
         noisy = [
             r.getMessage()
             for r in caplog.records
-            if r.levelno >= logging.WARNING and r.name.startswith("waldur.sync")
+            if r.levelno >= logging.WARNING
+            and r.name.startswith("waldur.sync")
+            and "duplicate project room" not in r.getMessage()
         ]
         assert noisy == [], noisy
 

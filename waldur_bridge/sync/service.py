@@ -62,6 +62,9 @@ REACTIVATE = "reactivate"
 CLOSE = "close"
 EXPIRY = "expiry"
 
+# Room IDs named in the start-up duplicates line; the management room's report lists all.
+_LISTED_IN_LOG = 5
+
 
 def _roles_text(roles: tuple[str, ...]) -> str:
     return f"role {', '.join(roles)}" if roles else "desired by policy"
@@ -333,11 +336,14 @@ class SyncService:
             return
         if not leftovers:
             return
+        shown = ", ".join(x.room_id for x in leftovers[:_LISTED_IN_LOG])
+        if len(leftovers) > _LISTED_IN_LOG:
+            shown += f" and {len(leftovers) - _LISTED_IN_LOG} more"
         log.warning(
-            "Found %d duplicate project room(s) (%s); `duplicates --tidy` in the management "
-            "room closes them",
+            "Found %d duplicate project room(s) (%s); `duplicates` in the management room "
+            "lists them, `duplicates --tidy` closes them",
             len(leftovers),
-            ", ".join(x.room_id for x in leftovers),
+            shown,
         )
         report = duplicates_report(
             [
