@@ -172,6 +172,7 @@ class Portal(DBPortal, BasePortal):
         topic: str,
         invitees: Sequence[str] = (),
         levels: Mapping[str, int] | None = None,
+        customer_name: str | None = None,
     ) -> NewRoom:
         """What this portal's room starts with (see room_creation.create_room_request)."""
         config = self.bridge.config
@@ -190,7 +191,12 @@ class Portal(DBPortal, BasePortal):
             invitees=tuple(invitees),
             levels=dict(levels or {}),
             bridge_info_state_key=self.bridge_info_state_key,
-            bridge_info=self.bridge_info_content(name, spaces.customer_name(self.customer_uuid)),
+            bridge_info=self.bridge_info_content(
+                name,
+                customer_name
+                if customer_name is not None
+                else spaces.customer_name(self.customer_uuid),
+            ),
             extra_state=spaces.portal_parent_state(self),
         )
 
@@ -200,6 +206,7 @@ class Portal(DBPortal, BasePortal):
         topic: str,
         invitees: Sequence[str] = (),
         levels: Mapping[str, int] | None = None,
+        customer_name: str | None = None,
     ) -> CreatedRoom:
         """Create the room with its team invited at their levels, or adopt the room an earlier
         attempt left under the alias. The intent (state creating, planned alias) is saved
@@ -212,7 +219,9 @@ class Portal(DBPortal, BasePortal):
         await DBPortal.save(self)
         localpart = self.alias[1:].split(":", 1)[0]
         created = await create_or_adopt(
-            self.main_intent, await self.new_room(name, topic, invitees, levels), localpart
+            self.main_intent,
+            await self.new_room(name, topic, invitees, levels, customer_name),
+            localpart,
         )
         self.room_id = created.room_id
         self.encrypted = created.room.encrypted

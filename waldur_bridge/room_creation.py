@@ -14,6 +14,7 @@ duplicated.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ log = logging.getLogger("waldur.portal.create")
 # A state event that ties the room to its Waldur project, readable by clients and tools.
 PROJECT_LINK_TYPE = "org.waldur.project"
 BRIDGE_INFO_TYPES = ("m.bridge", "uk.half-shot.bridge")
+# A Waldur UUID in its hex form: a link naming anything else is not a project's.
+_PROJECT_UUID = re.compile(r"[0-9a-f]{32}")
 
 # Test-only fault point: called with the room ID after createRoom returned and before the
 # portal row is saved, to reproduce a crash exactly there. Always None in production.
@@ -236,7 +239,10 @@ def linked_project(state: list[dict[str, Any]], bot_mxid: str) -> str | None:
     if not isinstance(content, dict):
         return None
     project = content.get("project_uuid")
-    return project.replace("-", "").lower() if isinstance(project, str) and project else None
+    if not isinstance(project, str):
+        return None
+    project = project.replace("-", "").strip().lower()
+    return project if _PROJECT_UUID.fullmatch(project) else None
 
 
 async def adoption_problem(intent: IntentAPI, room_id: str, project_uuid: str) -> str | None:

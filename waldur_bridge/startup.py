@@ -44,6 +44,8 @@ FIRST_RETRY = 2.0
 MAX_RETRY = 300.0
 # One start-up request (the homeserver may accept the connection and never answer).
 REQUEST_TIMEOUT = 30.0
+# Waits before the second and third try of the start-up ping.
+PING_RETRY_WAITS = (1.0, 2.0)
 
 REGISTRATION_MISSING = (
     "The homeserver does not know this appservice: it refused appservice.as_token "
@@ -270,10 +272,7 @@ async def _check_reachable(bridge: WaldurBridge) -> None:
         return
     address = bridge.config["appservice.address"]
     try:
-        txn_id = bridge.az.intent.api.get_txn_id()
-        duration = await asyncio.wait_for(
-            ping_bridge(bridge.az.intent, bridge.az.id, txn_id, retry_count=0), REQUEST_TIMEOUT
-        )
+        duration = await _ping_with_retries(bridge)
     except MForbidden as e:
         fail(
             StartupError(
@@ -312,6 +311,27 @@ async def _check_reachable(bridge: WaldurBridge) -> None:
             )
         )
     log.info("The homeserver reaches the bridge (round trip %d ms)", duration)
+
+
+async def _ping_with_retries(bridge: WaldurBridge) -> int:
+    """Ping, trying again a few times when the homeserver's request to the bridge failed: a
+    homeserver that really cannot reach the bridge fails every try within seconds, while a
+    one-off failure (Synapse racing its own retries of queued transactions) passes."""
+    for wait in (*PING_RETRY_WAITS, None):
+        txn_id = bridge.az.intent.api.get_txn_id()
+        try:
+            return await asyncio.wait_for(
+                ping_bridge(bridge.az.intent, bridge.az.id, txn_id, retry_count=0),
+                REQUEST_TIMEOUT,
+            )
+        except MForbidden:
+            raise
+        except MatrixRequestError as e:
+            if wait is None or _bridge_refused_token(e):
+                raise
+            log.debug("Ping failed (%s); trying again in %.0f s", e, wait)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def _bridge_refused_token(error: MatrixRequestError) -> bool:

@@ -87,6 +87,7 @@ def load_context(data: dict[str, Any]) -> PlanContext:
         managed_user_ids=frozenset(data["managed_user_ids"]),
         puppet_regex=data.get("puppet_regex"),
         policy=MembershipPolicy(**policy),
+        defer_removals=bool(data.get("defer_removals", False)),
     )
 
 
@@ -111,6 +112,7 @@ def test_fixture(path: Path) -> None:
     got = plan(desired, current, ctx).to_json()
     for key in ("actions", "held", "dry_run"):
         assert got[key] == expected[key], f"{key} differ"
+    assert got["deferred"] == expected.get("deferred", [])
     if "notes" in expected:
         assert got["notes"] == expected["notes"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from waldur_bridge.sync.queue import CoalescingQueue
+from waldur_bridge.sync.queue import LEADING, CoalescingQueue
 
 
 async def until(condition: Callable[[], object], timeout: float = 10) -> None:
@@ -298,3 +298,98 @@ async def test_without_background_reasons_arrival_order_holds() -> None:
     finally:
         await queue.stop()
     assert runs == ["a", "b", "c", "d"]
+
+
+async def test_a_hint_about_a_quiet_key_leads_and_later_hints_settle() -> None:
+    """With `lead`, the first hint runs at once (marked LEADING); the burst behind it settles
+    into one run after the window, without the mark."""
+    runs: list[tuple[float, frozenset[str]]] = []
+    loop = asyncio.get_running_loop()
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append((loop.time(), reasons))
+
+    settle = 0.3
+    queue = CoalescingQueue(worker, concurrency=2, settle=settle, max_wait=5, lead=True)
+    queue.start()
+    try:
+        started = loop.time()
+        queue.request("p1", "revoke", hint=True)
+        await until(lambda: runs)
+        for i in range(50):
+            queue.request("p1", "grant" if i == 0 else f"hook-{i}", hint=True)
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    assert len(runs) == 2
+    (lead_at, lead), (settled_at, settled) = runs
+    assert lead == {"revoke", LEADING}
+    assert LEADING not in settled and "grant" in settled
+    assert settled_at - started >= settle
+
+
+async def test_a_key_leads_again_only_after_a_quiet_window() -> None:
+    runs: list[frozenset[str]] = []
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append(reasons)
+
+    settle = 0.2
+    queue = CoalescingQueue(worker, concurrency=1, settle=settle, max_wait=5, lead=True)
+    queue.start()
+    try:
+        queue.request("p1", "a", hint=True)
+        await queue.wait_idle(10)
+        queue.request("p1", "b", hint=True)  # within the window: settles, does not lead
+        await queue.wait_idle(10)
+        await asyncio.sleep(settle * 1.5)
+        queue.request("p1", "c", hint=True)  # quiet again: leads
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    assert runs == [frozenset({"a", LEADING}), frozenset({"b"}), frozenset({"c", LEADING})]
+
+
+async def test_a_hint_leads_past_queued_sweep_work_and_an_admin_run_is_never_leading() -> None:
+    runs: list[tuple[str, frozenset[str]]] = []
+    gate = asyncio.Event()
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append((key, reasons))
+        await gate.wait()
+
+    queue = CoalescingQueue(worker, concurrency=1, settle=3600, max_wait=3600, lead=True)
+    queue.start()
+    try:
+        queue.request("busy", "admin")
+        await until(lambda: runs)
+        queue.request("s1", "sweep", background=True)
+        queue.request("p1", "sweep", background=True)
+        queue.request("p1", "webhook", hint=True)  # queued sweep work does not stop a lead
+        queue.request("p2", "webhook", hint=True)
+        queue.request("p2", "admin")  # an admin's run is a full one
+        gate.set()
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    assert runs[1:] == [
+        ("p1", frozenset({"sweep", "webhook", LEADING})),
+        ("p2", frozenset({"webhook", "admin"})),
+        ("s1", frozenset({"sweep"})),
+    ]
+
+
+async def test_without_lead_every_hint_settles() -> None:
+    runs: list[frozenset[str]] = []
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append(reasons)
+
+    queue = CoalescingQueue(worker, concurrency=1, settle=3600, max_wait=3600)
+    queue.start()
+    try:
+        queue.request("p1", "webhook", hint=True)
+        await asyncio.sleep(0.05)
+        assert runs == []
+    finally:
+        await queue.stop()

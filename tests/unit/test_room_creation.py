@@ -64,10 +64,14 @@ def test_initial_state_links_the_project_and_encryption_is_optional() -> None:
     assert closed["creation_content"] == {"m.federate": False}
 
 
-def test_linked_project_needs_the_bot_as_creator() -> None:
-    link = {"type": "org.waldur.project", "state_key": "", "content": {"project_uuid": "AB-CD"}}
+def test_linked_project_needs_the_bot_as_creator_and_a_uuid() -> None:
+    dashed = "0A1B2C3D-0000-4000-8000-00000000ABCD"
+    link = {"type": "org.waldur.project", "state_key": "", "content": {"project_uuid": dashed}}
     create = {"type": "m.room.create", "state_key": "", "sender": BOT, "content": {}}
-    assert linked_project([create, link], BOT) == "abcd"
+    assert linked_project([create, link], BOT) == "0a1b2c3d00004000800000000000abcd"
+    # A link naming no Waldur UUID (another tool's test room, a hand-made event) is no project's.
+    for odd in ("x", "", 7, "0a1b2c3d"):
+        assert linked_project([create, {**link, "content": {"project_uuid": odd}}], BOT) is None
     assert linked_project([{**create, "sender": "@mallory:example.org"}, link], BOT) is None
     assert linked_project([create], BOT) is None
     assert linked_project([create, {**link, "content": {"superseded_by": "!x"}}], BOT) is None

@@ -69,3 +69,29 @@ class PortalMember(Table):
     async def delete(self) -> None:
         q = f"DELETE FROM {self._table} WHERE project_uuid=$1 AND mxid=$2"
         await self.db.execute(q, self.project_uuid, self.mxid)
+
+    @classmethod
+    async def record_left(cls, project_uuid: str, mxid: str, voluntarily: bool) -> bool:
+        """A managed member left the room; True when a reconcile should look (a moderator
+        kicked them, and whoever is entitled is invited again)."""
+        member = await cls.get(project_uuid, mxid)
+        if member is None:
+            return False
+        if not voluntarily:
+            return True
+        member.left_voluntarily = True
+        await member.save()
+        return False
+
+    @classmethod
+    async def record_moderator_invite(cls, project_uuid: str, mxid: str) -> None:
+        """Someone other than the bot invited `mxid`: a moderator's guest, unless the bridge
+        brought them in and they never left."""
+        member = await cls.get(project_uuid, mxid)
+        if member is None:
+            member = cls(project_uuid=project_uuid, mxid=mxid)
+        elif member.added_by == "bridge" and not member.left_voluntarily:
+            return
+        member.added_by = "moderator"
+        member.left_voluntarily = False
+        await member.save()

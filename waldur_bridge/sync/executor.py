@@ -96,9 +96,13 @@ class PlanExecutor:
         role_signatures: Mapping[str, str],
         user_uuids: Mapping[str, str],
         reported: frozenset[str] = frozenset(),
+        verify_joins: bool = False,
     ) -> Outcome:
         """Carry out the plan. `reported`: held or dry-run removals already in the audit log
-        (a hold lasts across sweeps; it is recorded once, not on every run)."""
+        (a hold lasts across sweeps; it is recorded once, not on every run). `verify_joins`:
+        the plan came from the state store, whose "invite" may be stale; a join the plan asks
+        for is checked on the homeserver first (a fresh read or a room just created needs no
+        check, and the check costs a read per join)."""
         outcome = Outcome()
         room_id = RoomID(portal.room_id or "")
         # Spaces keep their member records in a table of their own.
@@ -146,7 +150,8 @@ class PlanExecutor:
                 if not await audited("invite", user_id, invite.cause, do_invite):
                     return
             if (
-                join is not None
+                verify_joins
+                and join is not None
                 and invite is None
                 and await _joined_already(intent, room_id, user_id)
             ):

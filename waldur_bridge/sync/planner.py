@@ -110,6 +110,9 @@ class PlanContext:
     # The bridge's puppet namespace (full match): such IDs are ours even when no longer mapped.
     puppet_regex: str | None
     policy: MembershipPolicy = field(default_factory=MembershipPolicy)
+    # A leading run (the first change notice about a quiet project): additions and promotions
+    # now; removals and demotions wait for the settled run, which sees a whole role change.
+    defer_removals: bool = False
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -219,6 +222,8 @@ class Plan:
     # Kicks suppressed by policy.dry_run_removals: reported, not executed.
     dry_run: tuple[Kick, ...] = ()
     notes: tuple[str, ...] = ()
+    # Users whose removal or demotion a leading run left to the settled run.
+    deferred: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -230,6 +235,7 @@ class Plan:
             "held": [k.to_json() for k in self.held],
             "dry_run": [k.to_json() for k in self.dry_run],
             "notes": list(self.notes),
+            "deferred": list(self.deferred),
         }
 
     @classmethod
@@ -239,6 +245,7 @@ class Plan:
             held=tuple(_kick_from_json(k) for k in data.get("held", ())),
             dry_run=tuple(_kick_from_json(k) for k in data.get("dry_run", ())),
             notes=tuple(data.get("notes", ())),
+            deferred=tuple(data.get("deferred", ())),
         )
 
 
@@ -333,6 +340,7 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
     kick_reason = KICK_REASON_REVOKED if desired.active else KICK_REASON_CLOSED
     kicks: list[Kick] = []
     skipped_incomplete: list[str] = []
+    deferred: list[str] = []
     for user_id in sorted(current.members):
         cur = current.members[user_id]
         if cur.membership not in PRESENT or user_id in wanted or not is_managed(user_id):
@@ -349,6 +357,9 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
             continue
         if not desired.complete:
             skipped_incomplete.append(user_id)
+            continue
+        if ctx.defer_removals:
+            deferred.append(user_id)
             continue
         kicks.append(Kick(user_id, kick_reason, removal_cause))
 
@@ -389,6 +400,9 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
         if new_effective < old and not desired.complete:
             skipped_decreases.append(user_id)
             return
+        if new_effective < old and ctx.defer_removals:
+            deferred.append(user_id)
+            return
         changes.append((user_id, new))
         clauses.append(f"{user_id}: {old} -> {_level_text(new, current.users_default)} ({why})")
 
@@ -414,6 +428,9 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
         notes.append(f"waldur data incomplete: not removed: {', '.join(skipped_incomplete)}")
     if skipped_decreases:
         notes.append(f"waldur data incomplete: not demoted: {', '.join(skipped_decreases)}")
+    deferred = sorted(set(deferred))
+    if deferred:
+        notes.append(f"left to the settled run: {', '.join(deferred)}")
 
     # --- assemble in the fixed order (rule i) ---
     actions: list[Action] = []
@@ -425,7 +442,7 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
     if changes:
         actions.append(SetPowerLevels(tuple(changes), "; ".join(clauses)))
     actions.extend(kicks)
-    return Plan(tuple(actions), tuple(held), tuple(dry_run), tuple(notes))
+    return Plan(tuple(actions), tuple(held), tuple(dry_run), tuple(notes), tuple(deferred))
 
 
 def apply(plan: Plan, current: CurrentRoom) -> CurrentRoom:

@@ -9,6 +9,12 @@ never later than `max_wait` after the first hint of the burst, so a steady strea
 one run per settle window at most and still runs (no starvation). A role change in Waldur is a
 revoke then a grant; a run after the window sees both. Background requests (sweeps) run after
 ready hints, so a sweep over every room never delays the room a web hook asked about.
+
+With `lead`, the first hint about a quiet key (no hint in the last `settle` seconds, nothing
+running or settling) runs at once with the extra reason LEADING, and the hints after it settle
+as above. The worker does at once what cannot flap (additions, promotions) and leaves what a
+half-seen role change could get wrong (removals, demotions) to a settled run, which it asks
+for: a grant is felt within the homeserver's latency, a revoke still waits out the window.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from dataclasses import dataclass, field
 log = logging.getLogger("waldur.sync.queue")
 
 Worker = Callable[[str, frozenset[str]], Awaitable[None]]
+
+# The reason added to a leading run (see the module doc).
+LEADING = "leading"
+# Hint times kept per key for leading runs; older ones are pruned past this many keys.
+_HINT_MEMORY = 4096
 
 
 @dataclass
@@ -55,6 +66,7 @@ class CoalescingQueue:
         max_wait: float = 0.0,
         name: str = "queue",
         expected: tuple[type[Exception], ...] = (),
+        lead: bool = False,
     ) -> None:
         self._worker = worker
         self._concurrency = concurrency
@@ -64,6 +76,8 @@ class CoalescingQueue:
         self.settle = settle
         self._expected = expected
         self.max_wait = max(max_wait, settle)
+        self.lead = lead
+        self._last_hint: dict[str, float] = {}
         self._pending: dict[str, _Pending] = {}
         self._running: set[str] = set()
         self._wakeup = asyncio.Event()
@@ -93,24 +107,46 @@ class CoalescingQueue:
         """
         now = time.monotonic()
         pending = self._pending.get(key)
+        leading = hint and self._quiet(key, pending, now)
         if pending is None:
             pending = self._pending[key] = _Pending(reasons={reason}, background=background)
         else:
             pending.reasons.add(reason)
             pending.background = pending.background and background
         if hint and self.settle > 0:
+            self._remember_hint(key, now)
+        if leading:
+            pending.reasons.add(LEADING)
+            pending.background = False
+            pending.not_before = 0.0
+        elif hint and self.settle > 0:
             if pending.settling_since is None:
                 pending.settling_since = now
             pending.not_before = min(now + self.settle, pending.settling_since + self.max_wait)
         elif not background:
-            # An admin's request beats a settle window and a retry timer: run now.
+            # An admin's request beats a settle window and a retry timer: run now, in full.
             pending.not_before = 0.0
             pending.settling_since = None
+            pending.reasons.discard(LEADING)
         elif pending.settling_since is None:
             # Fresh information beats a retry timer.
             pending.not_before = 0.0
         self._idle.clear()
         self._wakeup.set()
+
+    def _quiet(self, key: str, pending: _Pending | None, now: float) -> bool:
+        """Whether a hint about `key` may run at once as a leading run."""
+        if not self.lead or self.settle <= 0 or key in self._running:
+            return False
+        if pending is not None and not (pending.background and pending.settling_since is None):
+            return False  # a hint, an admin's request or a retry is already waiting
+        last = self._last_hint.get(key)
+        return last is None or now - last >= self.settle
+
+    def _remember_hint(self, key: str, now: float) -> None:
+        self._last_hint[key] = now
+        if len(self._last_hint) > _HINT_MEMORY:
+            self._last_hint = {k: t for k, t in self._last_hint.items() if now - t < self.settle}
 
     def _retry_later(self, key: str, failed: _Pending) -> float | None:
         """Queue a retry; returns its delay, or None when a newer request already waits."""

@@ -335,6 +335,7 @@ class Reconciler:
         records: dict[str, PortalMember],
         cached: bool = False,
         current: CurrentRoom | None = None,
+        defer_removals: bool = False,
     ) -> Plan:
         if current is None:
             current = await self.current(portal, signatures, records, cached)
@@ -343,6 +344,7 @@ class Reconciler:
             managed_user_ids=await self.managed_ids(desired),
             puppet_regex=self.puppet_regex,
             policy=policy,
+            defer_removals=defer_removals,
         )
         return plan(desired, current, ctx)
 
@@ -357,21 +359,31 @@ class Reconciler:
         cached_state: bool = False,
         refresh: Callable[[], Awaitable[ProjectView]] | None = None,
         current: CurrentRoom | None = None,
+        defer_removals: bool = False,
     ) -> Result:
         """Plan and carry out one portal's changes.
 
         `current` is the room's known state (a room just created), else it is read from the
         homeserver (or its pushes, with `cached_state`). With `refresh`, a plan that would
         remove anyone is made again from a fresh read (`view` may be a sweep's older
-        snapshot): a removal needs a fresh "no".
+        snapshot): a removal needs a fresh "no". With `defer_removals` (a leading run), the
+        plan leaves removals and demotions to a settled run (`Plan.deferred`).
         """
         desired, puppets, displaynames, signatures, user_uuids = await self.desired(
             view, active, inactive_reason
         )
         records = await PortalMember.for_project(portal.project_uuid)
         result = await self._plan(
-            portal, desired, signatures, policy or self.policy, records, cached_state, current
+            portal,
+            desired,
+            signatures,
+            policy or self.policy,
+            records,
+            cached_state,
+            current,
+            defer_removals,
         )
+        from_cache = cached_state and current is None
         replaced: ProjectView | None = None
         if refresh is not None and (
             result.held or result.dry_run or any(isinstance(a, Kick) for a in result.actions)
@@ -392,6 +404,7 @@ class Reconciler:
             result = await self._plan(
                 portal, desired, signatures, policy or self.policy, records, cached_state
             )
+            from_cache = cached_state
         # Display names follow Waldur even when membership is unchanged.
         for user_id, puppet in puppets.items():
             name = displaynames.get(user_id, "")
@@ -415,6 +428,7 @@ class Reconciler:
             role_signatures=signatures,
             user_uuids=user_uuids,
             reported=reported,
+            verify_joins=from_cache,
         )
         self._reported[portal.project_uuid] = frozenset(
             k.user_id for k in (*result.held, *result.dry_run)

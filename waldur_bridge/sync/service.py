@@ -41,7 +41,7 @@ from .failures import EXPECTED_FAILURES, HomeserverWritesFailed, IncompleteRead
 from .planner import CurrentRoom, Plan
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
 from .progress import InitialSyncProgress
-from .queue import CoalescingQueue
+from .queue import LEADING, CoalescingQueue
 from .reconciler import Reconciler, Result
 from .sessions import SessionCloser
 from .spaces import SpaceSync
@@ -105,6 +105,7 @@ class SyncService:
             max_wait=float(self.config["bridge.membership.settle_max_wait"]),
             name="reconcile",
             expected=EXPECTED_FAILURES,
+            lead=True,
         )
         self.poller = EventsPoller(
             bridge.waldur,
@@ -429,6 +430,8 @@ class SyncService:
             # fresh read of the project still says so.
             return await self.directory.read_project(project_uuid)
 
+        # The first notice about a quiet project: what cannot flap now, the rest settled.
+        leading = LEADING in reasons
         try:
             result = await self.reconciler.reconcile(
                 portal,
@@ -436,12 +439,20 @@ class SyncService:
                 cached_state=cached,
                 refresh=refresh if view.from_snapshot else None,
                 current=created_state,
+                defer_removals=leading,
             )
         except ProjectGone:
             if portal.room_id and portal.state != states.DISABLED:
                 await self.disable(portal, "the project was deleted in Waldur")
             return None
         view = result.view or view
+        if leading and result.plan.deferred:
+            log.debug(
+                "%s: removals and demotions of %s wait for the settled run",
+                project_uuid,
+                ", ".join(result.plan.deferred),
+            )
+            self.queue.request(project_uuid, "settled", hint=True)
         self.expiry.schedule(project_uuid, view.grants)
         await self.spaces.after_portal(portal, view, result, reasons)
         await self._report_holds(portal, result)
@@ -477,7 +488,11 @@ class SyncService:
         )
         try:
             created = await portal.create_room(
-                project.name, self.reconciler.topic_for(project), invitees, levels
+                project.name,
+                self.reconciler.topic_for(project),
+                invitees,
+                levels,
+                customer_name=project.customer_name,
             )
         except AliasConflict as e:
             await self._report_alias_conflict(portal, e)
@@ -489,6 +504,7 @@ class SyncService:
             raise
         if created.adopted:
             return portal, None
+        await self.spaces.room_created(portal, created.room)
         invited = {
             user_id: f"{_roles_text(desired.members[user_id].roles)}; invited with the new room"
             for user_id in created.room.invited
@@ -667,26 +683,11 @@ class SyncService:
     # region membership events from the homeserver
 
     async def on_member_left(self, portal: Portal, user_id: str, voluntarily: bool) -> None:
-        member = await PortalMember.get(portal.project_uuid, user_id)
-        if member is None:
-            return
-        if voluntarily:
-            member.left_voluntarily = True
-            await member.save()
-        else:
-            # Kicked by a moderator: the next reconcile decides (it re-invites anyone entitled).
+        if await PortalMember.record_left(portal.project_uuid, user_id, voluntarily):
             self.request_project(portal.project_uuid, "member-kicked", hint=True)
 
     async def on_member_invited(self, portal: Portal, user_id: str, inviter: str) -> None:
-        if inviter == portal.az.bot_mxid:
-            return
-        member = await PortalMember.get(portal.project_uuid, user_id)
-        if member is None:
-            member = PortalMember(project_uuid=portal.project_uuid, mxid=user_id)
-        elif member.added_by == "bridge" and not member.left_voluntarily:
-            return
-        member.added_by = "moderator"
-        member.left_voluntarily = False
-        await member.save()
+        if inviter != portal.az.bot_mxid:
+            await PortalMember.record_moderator_invite(portal.project_uuid, user_id)
 
     # endregion

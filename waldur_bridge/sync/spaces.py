@@ -37,6 +37,7 @@ from .queue import CoalescingQueue
 
 if TYPE_CHECKING:
     from ..__main__ import WaldurBridge
+    from ..room_creation import NewRoom
     from .directory import ProjectView
     from .reconciler import Result
     from .service import SyncService
@@ -51,6 +52,9 @@ VERIFY_REASONS = frozenset({"admin", "drift"})
 APPROVE = "approve"
 BRIDGE_INFO_TYPES = ("m.bridge", "uk.half-shot.bridge")
 CLOSED_CAUSE = "the organization has no project rooms left"
+# A decoration's space room for a portal created with no space link: there is neither a
+# parent nor a child event to read before linking it.
+CREATED_UNLINKED = ""
 
 
 def state_type(name: str) -> EventType:
@@ -155,6 +159,26 @@ class SpaceSync:
 
     # endregion
     # region portal hooks
+
+    async def room_created(self, portal: Portal, room: NewRoom) -> None:
+        """A new portal already carries its bridge info, and its parent link when the space
+        existed: remembered, so that neither is read back nor written again."""
+        parent = next(
+            (
+                str(event.get("state_key"))
+                for event in room.extra_state
+                if event.get("type") == room_meta.SPACE_PARENT
+            ),
+            None,
+        )
+        decoration = PortalDecoration(
+            project_uuid=portal.project_uuid,
+            # The child event is still to come: no order yet.
+            space_room_id=CREATED_UNLINKED if parent is None else parent,
+            bridge_info_hash=room_meta.content_hash(dict(room.bridge_info)),
+        )
+        await decoration.save()
+        self.decorations[portal.project_uuid] = decoration
 
     async def after_portal(
         self, portal: Portal, view: ProjectView, result: Result, reasons: frozenset[str]
@@ -469,7 +493,9 @@ class SpaceSync:
             parent = room_meta.parent_content(self.server_name)
             known = decoration.space_room_id == space.room_id
             child_now = children.get(room_id) if verify else None
-            if verify or not known:
+            if not verify and decoration.space_room_id == CREATED_UNLINKED:
+                parent_now = None  # created before the space: no link to read
+            elif verify or not known:
                 parent_now = await self._read_state(room_id, room_meta.SPACE_PARENT, space.room_id)
                 if not verify:
                     child_now = await self._read_state(
@@ -554,6 +580,7 @@ class SpaceSync:
             displaynames=merged.displaynames,
             role_signatures=merged.signatures,
             user_uuids=merged.user_uuids,
+            verify_joins=cached,
         )
         await self._report_holds(space, plan.held)
         if outcome.failed:
@@ -597,26 +624,12 @@ class SpaceSync:
     # region membership events in spaces
 
     async def on_member_left(self, space: Space, user_id: str, voluntarily: bool) -> None:
-        member = await SpaceMember.get(space.project_uuid, user_id)
-        if member is None:
-            return
-        if voluntarily:
-            member.left_voluntarily = True
-            await member.save()
-        else:
+        if await SpaceMember.record_left(space.project_uuid, user_id, voluntarily):
             self.request(space.customer_uuid, "member-kicked")
 
     async def on_member_invited(self, space: Space, user_id: str, inviter: str) -> None:
-        if inviter == self.bridge.az.bot_mxid:
-            return
-        member = await SpaceMember.get(space.project_uuid, user_id)
-        if member is None:
-            member = SpaceMember(project_uuid=space.project_uuid, mxid=user_id)
-        elif member.added_by == "bridge" and not member.left_voluntarily:
-            return
-        member.added_by = "moderator"
-        member.left_voluntarily = False
-        await member.save()
+        if inviter != self.bridge.az.bot_mxid:
+            await SpaceMember.record_moderator_invite(space.project_uuid, user_id)
 
     # endregion
     # region homeserver helpers
