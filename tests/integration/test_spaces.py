@@ -233,6 +233,37 @@ async def test_space_per_organization_with_children_parents_and_hierarchy(
     assert zephyr > (await bridge_env.state(space, "m.space.child", gemini))["order"]
 
 
+async def test_first_sync_reads_back_nothing_it_created(bridge_env: BridgeEnv) -> None:
+    """New rooms carry their team, levels, bridge info and (once the space exists) their
+    parent: the first sync neither reads them back nor writes them again, and every puppet
+    joins each of its rooms once."""
+    ids = orgs(bridge_env.sim)
+    await bridge_env.start()
+    with counting_requests() as counts:
+        await bridge_env.sweep()
+    rooms = [await bridge_env.portal_room(ids[k]) for k in ("apollo", "gemini", "aurora")]
+    spaces = [await space_room(bridge_env, ids[k]) for k in ("acme", "borealis")]
+
+    def sent(method: str, part: str) -> int:
+        return sum(n for k, n in counts.items() if k.startswith(f"{method} ") and part in k)
+
+    for event_type in ("m.bridge", "uk.half-shot.bridge"):
+        assert sent("GET", f"/state/{event_type}/") == 0, counts
+        assert sent("PUT", f"/state/{event_type}/") == 0, counts
+    assert sent("GET", "/state/m.room.member/") == 0, counts
+    assert sent("GET", "/state/m.space.parent/") == 0, counts
+    assert sent("GET", "/state/m.space.child/") == 0, counts
+    # A parent is written only into rooms made before their space existed.
+    assert sent("PUT", "/state/m.space.parent/") <= len(rooms), counts
+    assert sent("PUT", "/state/m.space.child/") == len(rooms), counts
+    memberships = 0
+    for room in (*rooms, *spaces):
+        memberships += len(await bridge_env.in_room(room) - {bridge_env.bot})
+    assert sent("POST", "/join") == memberships, counts
+    # What the rooms were created with is what a later sweep wants: nothing to write.
+    assert await steady_sweep_writes(bridge_env) == {}
+
+
 @both_generations
 async def test_deleted_project_leaves_the_space_and_an_empty_organization_closes(
     bridge_env: BridgeEnv,

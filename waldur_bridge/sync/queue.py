@@ -167,6 +167,10 @@ class CoalescingQueue:
         )
         return delay
 
+    def is_queued(self, key: str) -> bool:
+        """Whether a run of `key` waits (settling, on a retry timer or for a slot)."""
+        return key in self._pending
+
     @property
     def size(self) -> int:
         return len(self._pending) + len(self._running)
