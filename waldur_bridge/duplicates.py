@@ -97,8 +97,12 @@ class DuplicateFinder:
                 continue
             try:
                 # Most other rooms (management, direct chats, spaces) have no link: one
-                # cheap read rules them out before the room's whole state is read.
-                await self.intent.get_state_event(room_id, PROJECT_LINK)
+                # cheap read rules them out before the room's whole state is read. A plain
+                # request: the intent's own read would first "ensure" the bot joined (a join
+                # request per room the state store does not know, e.g. after a fresh start).
+                await self.intent.api.request(
+                    Method.GET, Path.v3.rooms[room_id].state[PROJECT_LINK]
+                )
                 state = await room_state(self.intent, room_id)
             except MNotFound:
                 continue
