@@ -306,3 +306,80 @@ async def operation_costs(
     await measure("power_levels (get + put)", [lambda i=i: power_level(i) for i in range(n)])
     await measure("get_members", [lambda: client.members(room_id) for _ in range(n)])
     return results
+
+
+async def room_patterns(
+    client: RawClient,
+    cpu: Callable[[], CpuMeter],
+    tag: str,
+    rooms: int,
+    per_room: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    """The same rooms and memberships built four ways by the bare loop, Synapse's CPU for
+    each (rooms and memberships, registrations excluded): where the bridge's extra cost per
+    pair comes from. Memberships go round robin over the rooms, `concurrency` in flight.
+
+    plain: plain private rooms, then invite+join pairs (the bare loop).
+    portal: rooms shaped like the bridge's (name, topic, alias, link and bridge info state,
+        the team's levels), then invite+join pairs.
+    portal_invited: the same rooms with the team invited by createRoom itself (as the bridge
+        sends it), then the joins.
+    portal_invited_named: as portal_invited, the ghosts with display names set beforehand
+        (their cost is counted), as the bridge's puppets have.
+    """
+    results: dict[str, Any] = {}
+    for pattern in ("plain", "portal", "portal_invited", "portal_invited_named"):
+        results[pattern] = await _pattern(
+            client, cpu, f"{tag}{pattern[0]}{len(pattern)}", pattern, rooms, per_room, concurrency
+        )
+    return results
+
+
+async def _pattern(
+    client: RawClient,
+    cpu: Callable[[], CpuMeter],
+    tag: str,
+    pattern: str,
+    rooms: int,
+    per_room: int,
+    concurrency: int,
+) -> dict[str, Any]:
+    ghosts = [
+        [client.mxid(f"waldur_pat{tag}_{r:03d}_{m:03d}") for m in range(per_room)]
+        for r in range(rooms)
+    ]
+    flat = [g for row in ghosts for g in row]
+    await bounded(concurrency, [lambda g=g: client.register(g[1:].split(":")[0]) for g in flat])
+    invited = pattern.startswith("portal_invited")
+    meter = cpu()
+    if pattern.endswith("_named"):
+        await bounded(
+            concurrency,
+            [lambda g=g: client.set_displayname(g, f"Pattern {g[-7:]}") for g in flat],
+        )
+
+    async def create(r: int) -> str:
+        if pattern == "plain":
+            return await client.create_room(f"pattern {tag} {r}")
+        team = ghosts[r]
+        body = _portal_like_room(
+            f"p{tag}", r, invite=team if invited else None, levels={team[0]: 50}
+        )
+        return str((await client.call("POST", "/createRoom", body))["room_id"])
+
+    async def membership(room_id: str, user_id: str) -> None:
+        if not invited:
+            await client.invite(room_id, user_id)
+        await client.join(room_id, user_id)
+
+    room_ids = await bounded(concurrency, [lambda r=r: create(r) for r in range(rooms)])
+    order = [(room_ids[r], ghosts[r][m]) for m in range(per_room) for r in range(rooms)]
+    await bounded(concurrency, [lambda p=p: membership(*p) for p in order])
+    usage = meter.stop()
+    pairs = rooms * per_room
+    return {
+        "synapse_cpu_ms_per_pair": round(1000 * usage["synapse_cpu_s"] / pairs, 1),
+        "wall_s": usage["wall_s"],
+        "pairs_per_s": round(pairs / usage["wall_s"], 2),
+    }

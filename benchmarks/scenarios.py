@@ -210,6 +210,11 @@ async def initial_sync_and_latency(
         result["initial_sync"]["synapse_cpu_by_operation"] = _where_synapse_time_goes(
             writes, result["synapse_cost_per_operation"], members, usage["synapse_cpu_s"]
         )
+        # The same rooms and pairs built by the bare loop in the bridge's shapes: which part
+        # of the bridge's way costs Synapse more per pair.
+        result["synapse_cpu_by_room_pattern"] = await raw.room_patterns(
+            ctx.client, ctx.hs.cpu, "q", projects, members, ctx.concurrency
+        )
 
         # A second sweep with nothing changed: no writes.
         c0, h0 = _counts(handle), ctx.counter.snapshot()
