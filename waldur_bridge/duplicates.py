@@ -30,7 +30,7 @@ from mautrix.types import (
 from . import identity
 from .db import AuditEntry, Portal as DBPortal, User as DBUser, portal as states
 from .messages import duplicate_closed_notice
-from .room_creation import PROJECT_LINK_TYPE, linked_project, room_state
+from .room_creation import PROJECT_LINK_TYPE, linked_project, room_state, state_content
 
 if TYPE_CHECKING:
     from .__main__ import WaldurBridge
@@ -97,12 +97,9 @@ class DuplicateFinder:
                 continue
             try:
                 # Most other rooms (management, direct chats, spaces) have no link: one
-                # cheap read rules them out before the room's whole state is read. A plain
-                # request: the intent's own read would first "ensure" the bot joined (a join
-                # request per room the state store does not know, e.g. after a fresh start).
-                await self.intent.api.request(
-                    Method.GET, Path.v3.rooms[room_id].state[PROJECT_LINK]
-                )
+                # cheap read rules them out before the room's whole state is read.
+                if await state_content(self.intent, room_id, PROJECT_LINK_TYPE) is None:
+                    continue
                 state = await room_state(self.intent, room_id)
             except MNotFound:
                 continue

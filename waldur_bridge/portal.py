@@ -170,9 +170,9 @@ class Portal(DBPortal, BasePortal):
         self,
         name: str,
         topic: str,
-        invitees: Sequence[str] = (),
-        levels: Mapping[str, int] | None = None,
-        customer_name: str | None = None,
+        invitees: Sequence[str],
+        levels: Mapping[str, int],
+        customer_name: str,
     ) -> NewRoom:
         """What this portal's room starts with (see room_creation.create_room_request)."""
         config = self.bridge.config
@@ -189,14 +189,9 @@ class Portal(DBPortal, BasePortal):
                 config["bridge.encryption.allow"] and config["bridge.encryption.default"]
             ),
             invitees=tuple(invitees),
-            levels=dict(levels or {}),
+            levels=dict(levels),
             bridge_info_state_key=self.bridge_info_state_key,
-            bridge_info=self.bridge_info_content(
-                name,
-                customer_name
-                if customer_name is not None
-                else spaces.customer_name(self.customer_uuid),
-            ),
+            bridge_info=self.bridge_info_content(name, customer_name),
             extra_state=spaces.portal_parent_state(self),
         )
 
@@ -204,9 +199,9 @@ class Portal(DBPortal, BasePortal):
         self,
         name: str,
         topic: str,
-        invitees: Sequence[str] = (),
-        levels: Mapping[str, int] | None = None,
-        customer_name: str | None = None,
+        invitees: Sequence[str],
+        levels: Mapping[str, int],
+        customer_name: str,
     ) -> CreatedRoom:
         """Create the room with its team invited at their levels, or adopt the room an earlier
         attempt left under the alias. The intent (state creating, planned alias) is saved

@@ -226,6 +226,21 @@ async def room_state(intent: IntentAPI, room_id: str) -> list[dict[str, Any]]:
     return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
 
 
+async def state_content(
+    intent: IntentAPI, room_id: str, event_type: str, state_key: str = ""
+) -> dict[str, Any] | None:
+    """One state event's content, None when the room has none. A plain request: the intent's
+    own read would first "ensure" the bot joined (a join per room its state store does not
+    know, e.g. after a fresh start)."""
+    try:
+        content = await intent.api.request(
+            Method.GET, Path.v3.rooms[RoomID(room_id)].state[event_type][state_key]
+        )
+    except MNotFound:
+        return None
+    return content if isinstance(content, dict) else None
+
+
 def linked_project(state: list[dict[str, Any]], bot_mxid: str) -> str | None:
     """The project a room belongs to, if the bot created it and it carries the link state."""
     create = next((e for e in state if e.get("type") == "m.room.create"), None)

@@ -317,21 +317,24 @@ async def _ping_with_retries(bridge: WaldurBridge) -> int:
     """Ping, trying again a few times when the homeserver's request to the bridge failed: a
     homeserver that really cannot reach the bridge fails every try within seconds, while a
     one-off failure (Synapse racing its own retries of queued transactions) passes."""
-    for wait in (*PING_RETRY_WAITS, None):
-        txn_id = bridge.az.intent.api.get_txn_id()
+    for wait in PING_RETRY_WAITS:
         try:
-            return await asyncio.wait_for(
-                ping_bridge(bridge.az.intent, bridge.az.id, txn_id, retry_count=0),
-                REQUEST_TIMEOUT,
-            )
+            return await _ping_once(bridge)
         except MForbidden:
             raise
         except MatrixRequestError as e:
-            if wait is None or _bridge_refused_token(e):
+            if _bridge_refused_token(e):
                 raise
             log.debug("Ping failed (%s); trying again in %.0f s", e, wait)
             await asyncio.sleep(wait)
-    raise AssertionError("unreachable")
+    return await _ping_once(bridge)
+
+
+async def _ping_once(bridge: WaldurBridge) -> int:
+    txn_id = bridge.az.intent.api.get_txn_id()
+    return await asyncio.wait_for(
+        ping_bridge(bridge.az.intent, bridge.az.id, txn_id, retry_count=0), REQUEST_TIMEOUT
+    )
 
 
 def _bridge_refused_token(error: MatrixRequestError) -> bool:

@@ -233,6 +233,7 @@ async def test_space_per_organization_with_children_parents_and_hierarchy(
     assert zephyr > (await bridge_env.state(space, "m.space.child", gemini))["order"]
 
 
+@both_generations
 async def test_first_sync_reads_back_nothing_it_created(bridge_env: BridgeEnv) -> None:
     """New rooms carry their team, levels, bridge info and (once the space exists) their
     parent: the first sync neither reads them back nor writes them again, and every puppet

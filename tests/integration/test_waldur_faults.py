@@ -50,6 +50,17 @@ def _project_reads(env: BridgeEnv, project_uuid: str, since: float) -> int:
     )
 
 
+async def _team_with_bob_joined(env: BridgeEnv, **overrides: Any) -> tuple[dict[str, str], str]:
+    """The team's world, the bridge started with a web hook, Bob joined: (ids, project room)."""
+    ids = team(env.sim)
+    await env.start(**overrides)
+    await env.sweep()
+    await env.register_webhook()
+    room = await env.portal_room(ids["project"])
+    await wait_for(lambda: _joined(env, room, env.puppet("bob")), 20, "bob to join")
+    return ids, room
+
+
 @both_generations
 async def test_users_listing_missing_grant_holders_removes_nobody(bridge_env: BridgeEnv) -> None:
     sim = bridge_env.sim
@@ -94,14 +105,11 @@ async def _all_joined(env: BridgeEnv, room: str, users: set[str]) -> bool:
 @both_generations
 async def test_role_change_never_kicks_and_posts_one_notice(bridge_env: BridgeEnv) -> None:
     sim = bridge_env.sim
-    ids = team(sim)
     # The default window, as in production.
-    await bridge_env.start(**{"bridge.membership.settle_seconds": 1.5})
-    await bridge_env.sweep()
-    await bridge_env.register_webhook()
-    room = await bridge_env.portal_room(ids["project"])
+    ids, room = await _team_with_bob_joined(
+        bridge_env, **{"bridge.membership.settle_seconds": 1.5}
+    )
     p = bridge_env.puppet
-    await wait_for(lambda: _joined(bridge_env, room, p("bob")), 20, "bob to join")
 
     # Waldur has no "change role": a client revokes, then grants, within a second.
     sim.revoke(ids["bob"], ids["project"], "PROJECT.MEMBER")
@@ -225,13 +233,8 @@ async def test_burst_of_hooks_is_read_once_per_settle_window(bridge_env: BridgeE
 @both_generations
 async def test_expired_grant_is_removed_within_seconds(bridge_env: BridgeEnv) -> None:
     sim = bridge_env.sim
-    ids = team(sim)
-    await bridge_env.start()
-    await bridge_env.sweep()
-    await bridge_env.register_webhook()
-    room = await bridge_env.portal_room(ids["project"])
+    ids, room = await _team_with_bob_joined(bridge_env)
     p = bridge_env.puppet
-    await wait_for(lambda: _joined(bridge_env, room, p("bob")), 20, "bob to join")
 
     expires = datetime.now(UTC) + timedelta(seconds=3)
     sim.set_expiration(ids["bob"], ids["project"], "PROJECT.MEMBER", expires)
@@ -251,14 +254,9 @@ async def test_expired_grant_is_removed_within_seconds(bridge_env: BridgeEnv) ->
 @both_generations
 async def test_deactivated_user_loses_provisioning_sessions(bridge_env: BridgeEnv) -> None:
     sim = bridge_env.sim
-    ids = team(sim)
     # 7.0 never posts user_deactivated to hooks: the events poll must catch it.
-    await bridge_env.start(**{"waldur.events.interval": 1})
-    await bridge_env.sweep()
-    await bridge_env.register_webhook()
-    room = await bridge_env.portal_room(ids["project"])
+    ids, room = await _team_with_bob_joined(bridge_env, **{"waldur.events.interval": 1})
     p = bridge_env.puppet
-    await wait_for(lambda: _joined(bridge_env, room, p("bob")), 20, "bob to join")
 
     base = f"http://127.0.0.1:{bridge_env.hs.as_port}/_matrix/provision/v1"
     async with aiohttp.ClientSession() as session:

@@ -18,8 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mautrix.api import Method, Path
-from mautrix.errors import MatrixRequestError, MNotFound
+from mautrix.errors import MatrixRequestError
 from mautrix.types import EventType, RoomCreatePreset, RoomID
 
 from .. import room_meta
@@ -28,6 +27,7 @@ from ..db import CustomerSpace, PortalDecoration, SpaceMember, portal as states
 from ..db.space import ACTIVE, CLOSED
 from ..portal import PROJECT_STATE_EVENT, Portal
 from ..puppet import Puppet
+from ..room_creation import NewRoom, room_state, state_content
 from ..space import CUSTOMER_STATE_EVENT, Space
 from ..waldur import Customer, WaldurError
 from .failures import EXPECTED_FAILURES, HomeserverWritesFailed
@@ -37,7 +37,6 @@ from .queue import CoalescingQueue
 
 if TYPE_CHECKING:
     from ..__main__ import WaldurBridge
-    from ..room_creation import NewRoom
     from .directory import ProjectView
     from .reconciler import Result
     from .service import SyncService
@@ -635,19 +634,10 @@ class SpaceSync:
     # region homeserver helpers
 
     async def _read_state(self, room_id: str, event_type: str, state_key: str) -> dict | None:
-        api = self.bridge.az.intent.api
-        try:
-            content = await api.request(
-                Method.GET, Path.v3.rooms[room_id].state[event_type][state_key]
-            )
-        except MNotFound:
-            return None
-        return content if isinstance(content, dict) else None
+        return await state_content(self.bridge.az.intent, room_id, event_type, state_key)
 
     async def _read_full_state(self, room_id: str) -> list[dict[str, Any]]:
-        api = self.bridge.az.intent.api
-        events = await api.request(Method.GET, Path.v3.rooms[room_id].state)
-        return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+        return await room_state(self.bridge.az.intent, room_id)
 
     async def _write_state(
         self, room_id: str, event_type: str, content: dict[str, Any], state_key: str
