@@ -280,8 +280,24 @@ class Homeserver(AppserviceHomeserver):
         proc = self.synapse._proc
         return proc.pid if proc is not None else None
 
-    def cpu(self) -> CpuMeter:
+    async def cpu(self) -> CpuMeter:
+        """A meter started once Synapse is idle: the background work a phase leaves behind
+        (event persistence, stats, the appservice's transactions) is not charged to the next."""
+        await self.quiet()
         return CpuMeter(self.pid).start()
+
+    async def quiet(
+        self, window: float = 0.5, idle_share: float = 0.1, timeout: float = 30.0
+    ) -> float:
+        """Wait until Synapse uses under `idle_share` of a core over `window`; the seconds
+        waited (gives up after `timeout`: a busy machine must not hang the benchmark)."""
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            before = process_cpu_seconds(self.pid)
+            await asyncio.sleep(window)
+            if process_cpu_seconds(self.pid) - before < idle_share * window:
+                break
+        return time.perf_counter() - started
 
     async def stop(self) -> None:
         await self.synapse.stop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -111,7 +111,7 @@ async def throughput(
     rooms: int,
     per_room: int,
     concurrency: int,
-    cpu: Callable[[], CpuMeter] | None = None,
+    cpu: Callable[[], Awaitable[CpuMeter]] | None = None,
     room_major: bool = False,
     named: bool = False,
 ) -> dict[str, Any]:
@@ -148,7 +148,7 @@ async def throughput(
         order = [(room_ids[r], ghosts[r][m]) for r in range(rooms) for m in range(per_room)]
     else:
         order = [(room_ids[r], ghosts[r][m]) for m in range(per_room) for r in range(rooms)]
-    meter = cpu() if cpu is not None else None
+    meter = await cpu() if cpu is not None else None
     started = time.perf_counter()
     await bounded(concurrency, [lambda p=p: pair(*p) for p in order])
     pairs_s = time.perf_counter() - started
@@ -240,14 +240,14 @@ def _portal_like_room(
 
 
 async def operation_costs(
-    client: RawClient, cpu: Callable[[], CpuMeter], tag: str, n: int
+    client: RawClient, cpu: Callable[[], Awaitable[CpuMeter]], tag: str, n: int
 ) -> dict[str, Any]:
     """Synapse CPU and wall time per homeserver operation, one at a time (n of each), for the
     operations an initial sync makes: where the homeserver's time goes."""
     results: dict[str, Any] = {}
 
     async def measure(name: str, ops: list[Callable[[], Any]]) -> None:
-        meter = cpu()
+        meter = await cpu()
         for op in ops:
             await op()
         usage = meter.stop()
@@ -290,8 +290,19 @@ async def operation_costs(
         await client.call("POST", "/createRoom", body)
 
     await measure(
-        f"create_room (portal-like, {len(team)} invited with levels, as the bridge sends it)",
+        f"create_room (portal-like, {len(team)} invited by the invite list, with levels)",
         [lambda i=i: create_portal_with_team(i) for i in range(max(2, n // 4))],
+    )
+
+    async def create_portal_with_state_invites(i: int) -> None:
+        body = _portal_like_room(f"{tag}s", i, levels={team[0]: 50})
+        body["initial_state"] += _state_invites(team)
+        await client.call("POST", "/createRoom", body)
+
+    await measure(
+        f"create_room (portal-like, {len(team)} invited in the initial state, as the bridge "
+        "sends it)",
+        [lambda i=i: create_portal_with_state_invites(i) for i in range(max(2, n // 4))],
     )
     room_id = portal_rooms[0]
     await measure("invite", [lambda g=g: client.invite(room_id, g) for g in ghosts])
@@ -310,35 +321,51 @@ async def operation_costs(
 
 async def room_patterns(
     client: RawClient,
-    cpu: Callable[[], CpuMeter],
+    cpu: Callable[[], Awaitable[CpuMeter]],
     tag: str,
     rooms: int,
     per_room: int,
     concurrency: int,
 ) -> dict[str, Any]:
-    """The same rooms and memberships built four ways by the bare loop, Synapse's CPU for
+    """The same rooms and memberships built five ways by the bare loop, Synapse's CPU for
     each (rooms and memberships, registrations excluded): where the bridge's extra cost per
-    pair comes from. Memberships go round robin over the rooms, `concurrency` in flight.
+    pair comes from. Memberships go round robin over the rooms, `concurrency` in flight,
+    except for `as_the_bridge`.
 
     plain: plain private rooms, then invite+join pairs (the bare loop).
     portal: rooms shaped like the bridge's (name, topic, alias, link and bridge info state,
         the team's levels), then invite+join pairs.
-    portal_invited: the same rooms with the team invited by createRoom itself (as the bridge
-        sends it), then the joins.
-    portal_invited_named: as portal_invited, the ghosts with display names set beforehand
-        (their cost is counted), as the bridge's puppets have.
+    portal_invited: the same rooms with the team invited by createRoom's invite list, then
+        the joins.
+    portal_state_invited: the team's invites as member events in createRoom's initial state
+        (as the bridge sends them), then the joins.
+    as_the_bridge: what the bridge does, in its order: per project (`concurrency` projects at
+        a time) the team's display names, createRoom with their invites in the initial state,
+        then their joins one after another.
     """
     results: dict[str, Any] = {}
-    for pattern in ("plain", "portal", "portal_invited", "portal_invited_named"):
+    patterns = ("plain", "portal", "portal_invited", "portal_state_invited", "as_the_bridge")
+    for i, pattern in enumerate(patterns):
         results[pattern] = await _pattern(
-            client, cpu, f"{tag}{pattern[0]}{len(pattern)}", pattern, rooms, per_room, concurrency
+            client, cpu, f"{tag}{i}", pattern, rooms, per_room, concurrency
         )
     return results
 
 
+def _state_invites(team: list[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "m.room.member",
+            "state_key": user_id,
+            "content": {"membership": "invite", "displayname": f"Pattern {user_id[-9:-1]}"},
+        }
+        for user_id in team
+    ]
+
+
 async def _pattern(
     client: RawClient,
-    cpu: Callable[[], CpuMeter],
+    cpu: Callable[[], Awaitable[CpuMeter]],
     tag: str,
     pattern: str,
     rooms: int,
@@ -351,31 +378,39 @@ async def _pattern(
     ]
     flat = [g for row in ghosts for g in row]
     await bounded(concurrency, [lambda g=g: client.register(g[1:].split(":")[0]) for g in flat])
-    invited = pattern.startswith("portal_invited")
-    meter = cpu()
-    if pattern.endswith("_named"):
-        await bounded(
-            concurrency,
-            [lambda g=g: client.set_displayname(g, f"Pattern {g[-7:]}") for g in flat],
-        )
+    meter = await cpu()
+
+    def body(r: int) -> dict[str, Any]:
+        team = ghosts[r]
+        invite = team if pattern == "portal_invited" else None
+        room = _portal_like_room(f"p{tag}", r, invite=invite, levels={team[0]: 50})
+        if pattern in ("portal_state_invited", "as_the_bridge"):
+            room["initial_state"] += _state_invites(team)
+        return room
 
     async def create(r: int) -> str:
         if pattern == "plain":
             return await client.create_room(f"pattern {tag} {r}")
+        return str((await client.call("POST", "/createRoom", body(r)))["room_id"])
+
+    async def project(r: int) -> None:
         team = ghosts[r]
-        body = _portal_like_room(
-            f"p{tag}", r, invite=team if invited else None, levels={team[0]: 50}
-        )
-        return str((await client.call("POST", "/createRoom", body))["room_id"])
+        await asyncio.gather(*(client.set_displayname(g, f"Pattern {g[-9:-1]}") for g in team))
+        room_id = await create(r)
+        for user_id in team:
+            await client.join(room_id, user_id)
 
     async def membership(room_id: str, user_id: str) -> None:
-        if not invited:
+        if pattern in ("plain", "portal"):
             await client.invite(room_id, user_id)
         await client.join(room_id, user_id)
 
-    room_ids = await bounded(concurrency, [lambda r=r: create(r) for r in range(rooms)])
-    order = [(room_ids[r], ghosts[r][m]) for m in range(per_room) for r in range(rooms)]
-    await bounded(concurrency, [lambda p=p: membership(*p) for p in order])
+    if pattern == "as_the_bridge":
+        await bounded(concurrency, [lambda r=r: project(r) for r in range(rooms)])
+    else:
+        room_ids = await bounded(concurrency, [lambda r=r: create(r) for r in range(rooms)])
+        order = [(room_ids[r], ghosts[r][m]) for m in range(per_room) for r in range(rooms)]
+        await bounded(concurrency, [lambda p=p: membership(*p) for p in order])
     usage = meter.stop()
     pairs = rooms * per_room
     return {

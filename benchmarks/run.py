@@ -185,6 +185,17 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{initial['pairs_per_s']} vs {initial['raw']['pairs_per_s']} pairs/s",
             )
         )
+        if "ratio_to_bare_loop_as_the_bridge" in initial:
+            bare = initial["ratio_to_bare_loop_as_the_bridge"]
+            goals.append(
+                goal(
+                    "(info) initial sync vs bare loop sending the bridge's requests",
+                    "-",
+                    bare,
+                    None,
+                    "what the bridge adds to the homeserver work it asks for",
+                )
+            )
     steady = results.get("steady_state")
     if steady and steady.get("sweeps"):
         seed, sweeps = steady["seed"], steady["sweeps"]

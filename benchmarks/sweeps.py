@@ -97,7 +97,7 @@ async def steady_state(
             sim0 = await sim.call("stats")
             c0, h0 = _counts(handle), ctx.counter.snapshot()
             reconciles0 = bridge.sync.queue.runs
-            meter = ctx.hs.cpu()
+            meter = await ctx.hs.cpu()
             with ctx.profiler(f"steady-sweep-{i + 1}") as profiler:
                 started = time.perf_counter()
                 queued = await bridge.sync.sweep()

@@ -173,8 +173,10 @@ class Portal(DBPortal, BasePortal):
         invitees: Sequence[str],
         levels: Mapping[str, int],
         customer_name: str,
+        puppet_names: Mapping[str, str],
     ) -> NewRoom:
-        """What this portal's room starts with (see room_creation.create_room_request)."""
+        """What this portal's room starts with (see room_creation.create_room_request).
+        `puppet_names`: the display names of the bridge's puppets among the invitees."""
         config = self.bridge.config
         spaces = self.bridge.sync.spaces
         return NewRoom(
@@ -189,6 +191,7 @@ class Portal(DBPortal, BasePortal):
                 config["bridge.encryption.allow"] and config["bridge.encryption.default"]
             ),
             invitees=tuple(invitees),
+            puppet_names=dict(puppet_names),
             levels=dict(levels),
             bridge_info_state_key=self.bridge_info_state_key,
             bridge_info=self.bridge_info_content(name, customer_name),
@@ -202,6 +205,7 @@ class Portal(DBPortal, BasePortal):
         invitees: Sequence[str],
         levels: Mapping[str, int],
         customer_name: str,
+        puppet_names: Mapping[str, str],
     ) -> CreatedRoom:
         """Create the room with its team invited at their levels, or adopt the room an earlier
         attempt left under the alias. The intent (state creating, planned alias) is saved
@@ -215,7 +219,7 @@ class Portal(DBPortal, BasePortal):
         localpart = self.alias[1:].split(":", 1)[0]
         created = await create_or_adopt(
             self.main_intent,
-            await self.new_room(name, topic, invitees, levels, customer_name),
+            await self.new_room(name, topic, invitees, levels, customer_name, puppet_names),
             localpart,
         )
         self.room_id = created.room_id

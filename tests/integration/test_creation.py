@@ -213,6 +213,32 @@ async def test_new_room_has_levels_before_anyone_joins(bridge_env: BridgeEnv) ->
     assert level_at < invite_at
 
 
+async def test_new_room_invites_its_puppets_with_the_first_state(bridge_env: BridgeEnv) -> None:
+    """The puppets' invites are initial state of createRoom (persisted in one batch with the
+    room's first events, before the name that createRoom adds after its initial state), carry
+    the Waldur name, and the puppets join from them."""
+    ids = two_projects(bridge_env)
+    await bridge_env.start()
+    await bridge_env.sweep()
+    room = await bridge_env.portal_room(ids["p1"])
+    events = await timeline(bridge_env, room)
+    name_at = next(i for i, e in enumerate(events) if e["type"] == "m.room.name")
+    invites = {
+        e["state_key"]: (i, e)
+        for i, e in enumerate(events)
+        if e["type"] == "m.room.member" and e["content"].get("membership") == "invite"
+    }
+    ann, ben = username(bridge_env, ids, "ann"), username(bridge_env, ids, "ben")
+    assert set(invites) == {ann, ben}
+    for user_id, name in ((ann, "Ann"), (ben, "Ben")):
+        at, event = invites[user_id]
+        assert at < name_at, "invited by createRoom's invite list, not its initial state"
+        assert event["sender"] == bridge_env.bot
+        assert event["content"]["displayname"] == name
+    members = await bridge_env.members(room)
+    assert members[ann] == members[ben] == "join"
+
+
 async def _member_is(env: BridgeEnv, room: str, user: str, membership: str) -> bool:
     return (await env.members(room)).get(user) == membership
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
 
+import pytest
+from mautrix.errors import MatrixRequestError, make_request_error
+
+from waldur_bridge import room_creation
 from waldur_bridge.room_creation import NewRoom, create_room_request, linked_project
 
 BOT = "@waldurbot:example.org"
@@ -75,3 +79,74 @@ def test_linked_project_needs_the_bot_as_creator_and_a_uuid() -> None:
     assert linked_project([{**create, "sender": "@mallory:example.org"}, link], BOT) is None
     assert linked_project([create], BOT) is None
     assert linked_project([create, {**link, "content": {"superseded_by": "!x"}}], BOT) is None
+
+
+def test_puppets_are_invited_in_the_initial_state_others_by_the_invite_list() -> None:
+    carol = "@carol:example.org"  # a local Matrix account, not a puppet: its profile is unknown
+    room = new_room(
+        "12", invitees=(ALICE, BOB, carol, BOT), puppet_names={ALICE: "Alice", BOB: ""}
+    )
+    request = create_room_request(room)
+    members = [
+        e.serialize() for e in request["initial_state"] if str(e["type"]) == "m.room.member"
+    ]
+    assert [(m["state_key"], m["content"]["membership"]) for m in members] == [
+        (ALICE, "invite"),
+        (BOB, "invite"),
+    ]
+    assert members[0]["content"]["displayname"] == "Alice"
+    assert "displayname" not in members[1]["content"]  # no name known: none made up
+    assert request["invitees"] == [carol]
+    # Member events come after the project link and the rest of the room's own state.
+    assert request["initial_state"][0]["type"] == "org.waldur.project"
+    # All three are what the bridge records as invited by createRoom.
+    assert room.invited == (ALICE, BOB, carol)
+    plain = create_room_request(replace(room, state_invites=False))
+    assert plain["invitees"] == [ALICE, BOB, carol]
+    assert all(str(e["type"]) != "m.room.member" for e in plain["initial_state"])
+
+
+class _RefusingIntent:
+    """createRoom that refuses member events in the initial state, as an unknown homeserver
+    might; records each request."""
+
+    domain = "example.org"
+
+    def __init__(self, errcode: str = "M_BAD_JSON") -> None:
+        self.errcode = errcode
+        self.requests: list[dict[str, object]] = []
+
+    async def create_room(self, **request: object) -> str:
+        self.requests.append(request)
+        states = request["initial_state"]
+        assert isinstance(states, list)
+        if any(str(e["type"]) == "m.room.member" for e in states):
+            raise make_request_error(400, "", self.errcode, "member events not allowed here")
+        return "!room:example.org"
+
+
+async def test_a_refusal_of_state_invites_falls_back_to_the_invite_list(monkeypatch) -> None:
+    monkeypatch.setattr(room_creation, "LEARNT", room_creation._Learnt())
+    intent = _RefusingIntent()
+    room = new_room("12", puppet_names={ALICE: "Alice", BOB: "Bob"})
+    created = await room_creation.create_or_adopt(intent, room, "waldur_p")  # type: ignore[arg-type]
+    assert created.room_id == "!room:example.org" and not created.adopted
+    assert [r["invitees"] for r in intent.requests] == [[], [ALICE, BOB]]
+    assert created.room.invited_in_state == ()
+    # Learnt: the next room goes with the invite list at once.
+    again = await room_creation.create_or_adopt(intent, room, "waldur_q")  # type: ignore[arg-type]
+    assert len(intent.requests) == 3 and intent.requests[2]["invitees"] == [ALICE, BOB]
+    assert again.room.invited == (ALICE, BOB)
+
+
+async def test_other_refusals_are_not_retried(monkeypatch) -> None:
+    monkeypatch.setattr(room_creation, "LEARNT", room_creation._Learnt())
+    intent = _RefusingIntent("M_LIMIT_EXCEEDED")
+    with pytest.raises(MatrixRequestError):
+        await room_creation.create_or_adopt(
+            intent,  # type: ignore[arg-type]
+            new_room("12", puppet_names={ALICE: "Alice"}),
+            "waldur_p",
+        )
+    assert len(intent.requests) == 1
+    assert not room_creation.LEARNT.state_invites_refused

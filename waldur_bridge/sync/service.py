@@ -493,6 +493,7 @@ class SyncService:
                 invitees,
                 levels,
                 customer_name=project.customer_name,
+                puppet_names={user_id: displaynames.get(user_id, "") for user_id in puppets},
             )
         except AliasConflict as e:
             await self._report_alias_conflict(portal, e)
