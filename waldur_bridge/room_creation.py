@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from mautrix.api import Method, Path
@@ -111,9 +111,6 @@ class NewRoom:
     # initial state with the name the homeserver would copy from the profile. Anyone else
     # (a local Matrix account) is invited through the `invite` list.
     puppet_names: Mapping[str, str] = field(default_factory=dict)
-    # False when the homeserver refused member events in the initial state (see create_or_adopt).
-    state_invites: bool = True
-    # Power levels of the team (user ID -> level), set by createRoom before anyone is invited.
     levels: Mapping[str, int] = field(default_factory=dict)
     bridge_info_state_key: str = ""
     bridge_info: Mapping[str, Any] = field(default_factory=dict)
@@ -123,13 +120,6 @@ class NewRoom:
     @property
     def invited(self) -> tuple[str, ...]:
         return tuple(user_id for user_id in self.invitees if user_id != self.bot_mxid)
-
-    @property
-    def invited_in_state(self) -> tuple[str, ...]:
-        """The invitees whose invites are initial state events."""
-        if not self.state_invites:
-            return ()
-        return tuple(user_id for user_id in self.invited if user_id in self.puppet_names)
 
     def users_map(self) -> dict[str, int]:
         """The `users` map of the room's first power-level event."""
@@ -147,8 +137,35 @@ class NewRoom:
         )
 
 
+def state_invite(user_id: str, displayname: str) -> StrippedStateEvent:
+    """A puppet's invite as an initial state event of createRoom, with the name the homeserver
+    would copy from the profile. Typed rather than a plain dict: mautrix records the initial
+    state in its state store and reads a member event's content as an object."""
+    return StrippedStateEvent(
+        type=EventType.ROOM_MEMBER,
+        state_key=user_id,
+        content=MemberStateEventContent(
+            membership=Membership.INVITE, displayname=displayname or None
+        ),
+    )
+
+
+def with_state_invites(request: dict[str, Any], invites: Mapping[str, str]) -> dict[str, Any]:
+    """The createRoom request with these puppets (user ID -> display name) invited by member
+    events in its initial state rather than by its `invite` list."""
+    return {
+        **request,
+        "initial_state": [
+            *request.get("initial_state", ()),
+            *(state_invite(user_id, name) for user_id, name in sorted(invites.items())),
+        ],
+        "invitees": [u for u in request.get("invitees", ()) if u not in invites],
+    }
+
+
 def create_room_request(room: NewRoom) -> dict[str, Any]:
-    """Keyword arguments for `IntentAPI.create_room` (the alias is added by the caller)."""
+    """Keyword arguments for `IntentAPI.create_room` (the alias is added by the caller), the
+    whole team in the `invite` list (see `send_create` for the puppets' invites)."""
     initial_state: list[dict[str, Any] | StrippedStateEvent] = [
         {
             "type": PROJECT_LINK_TYPE,
@@ -179,19 +196,6 @@ def create_room_request(room: NewRoom) -> dict[str, Any]:
                 "content": {"algorithm": "m.megolm.v1.aes-sha2"},
             }
         )
-    in_state = room.invited_in_state
-    # mautrix records the initial state in its state store, reading a member event's content
-    # as an object: hence a typed event rather than a plain dict.
-    initial_state.extend(
-        StrippedStateEvent(
-            type=EventType.ROOM_MEMBER,
-            state_key=user_id,
-            content=MemberStateEventContent(
-                membership=Membership.INVITE, displayname=room.puppet_names[user_id] or None
-            ),
-        )
-        for user_id in in_state
-    )
     power_levels = room_power_levels(room.bot_mxid, room.room_version)
     power_levels["users"] = room.users_map()
     return {
@@ -201,7 +205,7 @@ def create_room_request(room: NewRoom) -> dict[str, Any]:
         "room_version": room.room_version,
         "initial_state": initial_state,
         "power_level_override": power_levels,
-        "invitees": [user_id for user_id in room.invited if user_id not in in_state],
+        "invitees": list(room.invited),
         "creation_content": {} if room.federate else {"m.federate": False},
     }
 
@@ -222,9 +226,11 @@ async def create_or_adopt(intent: IntentAPI, room: NewRoom, alias_localpart: str
     MatrixRequestError for homeserver failures (the caller retries later).
     """
     alias = RoomAlias(f"#{alias_localpart}:{intent.domain}")
+    request = create_room_request(room)
+    puppets = {u: room.puppet_names[u] for u in room.invited if u in room.puppet_names}
     for _attempt in range(2):
         try:
-            room_id, room = await _send_create(intent, room, alias_localpart)
+            room_id, _ = await send_create(intent, request, puppets, alias_localpart)
         except MatrixRequestError as e:
             if e.errcode in ("M_EXCLUSIVE", "M_INVALID_PARAM"):
                 raise AliasConflict(
@@ -271,32 +277,34 @@ class _Learnt:
 LEARNT = _Learnt()
 
 
-async def _send_create(
-    intent: IntentAPI, room: NewRoom, alias_localpart: str
-) -> tuple[RoomID, NewRoom]:
-    """One createRoom; returns the room ID and the room as actually requested. A refusal of the
-    invites in the initial state is retried once with the `invite` list (remembered when that
-    succeeds: later rooms go that way at once)."""
-    if LEARNT.state_invites_refused and room.invited_in_state:
-        room = replace(room, state_invites=False)
-    try:
-        request = create_room_request(room)
-        return await intent.create_room(alias_localpart=alias_localpart, **request), room
-    except MatrixRequestError as e:
-        if not room.invited_in_state or e.errcode not in _STATE_INVITE_REFUSALS:
-            raise
-        refusal = f"{e.http_status} {e.errcode}: {e.message}"
-    plain = replace(room, state_invites=False)
-    room_id = await intent.create_room(
-        alias_localpart=alias_localpart, **create_room_request(plain)
-    )
-    LEARNT.state_invites_refused = refusal
-    log.info(
-        "The homeserver refused invites in createRoom's initial state (%s); new rooms invite "
-        "their team through createRoom's invite list instead (slower on Synapse, else the same)",
-        refusal,
-    )
-    return room_id, plain
+async def send_create(
+    intent: IntentAPI,
+    request: dict[str, Any],
+    puppets: Mapping[str, str],
+    alias_localpart: str | None = None,
+) -> tuple[RoomID, bool]:
+    """createRoom with these puppets (user ID -> display name) invited in the initial state:
+    the homeserver stores those invites with the room's first events in one batch. A refusal
+    of them is retried once with `request` as given (remembered when that succeeds: later
+    rooms go that way at once). Returns the room and whether the puppets' invites went in."""
+    alias = {"alias_localpart": alias_localpart} if alias_localpart else {}
+    if puppets and not LEARNT.state_invites_refused:
+        try:
+            return await intent.create_room(**alias, **with_state_invites(request, puppets)), True
+        except MatrixRequestError as e:
+            if e.errcode not in _STATE_INVITE_REFUSALS:
+                raise
+            refusal = f"{e.http_status} {e.errcode}: {e.message}"
+        room_id = await intent.create_room(**alias, **request)
+        LEARNT.state_invites_refused = refusal
+        log.info(
+            "The homeserver refused invites in createRoom's initial state (%s); new rooms "
+            "invite through createRoom's invite list or one by one instead (slower on "
+            "Synapse, else the same)",
+            refusal,
+        )
+        return room_id, False
+    return await intent.create_room(**alias, **request), False
 
 
 async def room_state(intent: IntentAPI, room_id: str) -> list[dict[str, Any]]:

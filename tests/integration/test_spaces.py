@@ -16,6 +16,7 @@ import pytest
 from mautrix.api import HTTPAPI
 
 from waldur_bridge.db import AuditEntry, CustomerSpace
+from waldur_bridge.space import space_key
 from waldur_bridge.sync.drift import RESTORE_LIMIT
 from waldur_devenv.matrix_user import MatrixTestUser
 from waldur_simulator import WaldurSimulator
@@ -263,6 +264,36 @@ async def test_first_sync_reads_back_nothing_it_created(bridge_env: BridgeEnv) -
     assert sent("POST", "/join") == memberships, counts
     # What the rooms were created with is what a later sweep wants: nothing to write.
     assert await steady_sweep_writes(bridge_env) == {}
+
+
+async def test_a_new_space_comes_with_its_organizations_team(bridge_env: BridgeEnv) -> None:
+    """The first sync makes each space once its organization's portals are done, with their
+    whole team invited by createRoom's initial state and the owners' levels in its first power
+    levels: no invite requests and no power-level event follow."""
+    ids = orgs(bridge_env.sim)
+    await bridge_env.start()
+    with counting_requests() as counts:
+        await bridge_env.sweep()
+    space = await space_room(bridge_env, ids["acme"])
+    p = bridge_env.puppet
+    team = {p("alice"), p("bob"), p("carol"), p("dave")}
+    assert not [k for k in counts if k.startswith("POST ") and k.endswith("/invite")], counts
+    events = (await bridge_env.hs_get(f"/rooms/{space}/messages?dir=f&limit=200"))["chunk"]
+    name_at = next(i for i, e in enumerate(events) if e["type"] == "m.room.name")
+    invites = {
+        e["state_key"]: (i, e)
+        for i, e in enumerate(events)
+        if e["type"] == "m.room.member" and e["content"].get("membership") == "invite"
+    }
+    assert set(invites) == team
+    for at, event in invites.values():
+        assert at < name_at and event["sender"] == bridge_env.bot
+    assert invites[p("carol")][1]["content"]["displayname"] == "Carol Chen"
+    levels = [e for e in events if e["type"] == "m.room.power_levels"]
+    assert len(levels) == 1 and levels[0]["content"]["users"].get(p("carol")) == 50
+    assert await bridge_env.in_room(space) == team | {bridge_env.bot}
+    audit = await AuditEntry.recent(space_key(ids["acme"]))
+    assert {e.target for e in audit if e.action == "invite"} == team
 
 
 @both_generations

@@ -409,3 +409,33 @@ async def test_without_lead_every_hint_settles() -> None:
         assert runs == []
     finally:
         await queue.stop()
+
+
+async def test_busy_keys_and_the_done_callback() -> None:
+    """`busy` holds running and queued keys but not one waiting out a retry; `on_done` sees
+    each finished run, failed or not, once its key no longer counts as running."""
+    release = asyncio.Event()
+    seen: list[tuple[str, set[str]]] = []
+    queue: CoalescingQueue
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        await release.wait()
+        if key == "bad":
+            raise RuntimeError("boom")
+
+    def done(key: str) -> None:
+        seen.append((key, queue.busy()))
+
+    queue = CoalescingQueue(worker, concurrency=1, base_delay=60, on_done=done)
+    queue.start()
+    try:
+        queue.request("bad", "sweep")
+        queue.request("good", "sweep")
+        await until(lambda: queue.busy() == {"bad", "good"} and queue.size == 2)
+        release.set()
+        await until(lambda: len(seen) == 2)
+    finally:
+        await queue.stop()
+    assert seen[0] == ("bad", {"good"})  # the failed key waits 60 s: not busy
+    assert seen[1] == ("good", set())
+    assert queue.is_queued("bad")

@@ -264,7 +264,8 @@ class PlanExecutor:
         user_uuids: Mapping[str, str],
     ) -> None:
         """Audit and remember what createRoom did: its invites (user ID -> cause) and the
-        levels it set, as if they had been separate actions."""
+        levels it set, as if they had been separate actions. Portals and spaces alike."""
+        records: type[PortalMember] = getattr(portal, "member_class", PortalMember)
         if levels:
             target = ", ".join(f"{u}={lv}" for u, lv in sorted(levels.items()))
             cause = "initial power levels of a new room"
@@ -275,7 +276,7 @@ class PlanExecutor:
             MEMBERSHIP_ACTIONS.labels(action="invite", outcome="done").inc()
             _log_change("invite", user_id, cause, portal)
             await self._audit(portal, "invite", user_id, cause, "done")
-            await PortalMember(
+            await records(
                 project_uuid=portal.project_uuid,
                 mxid=user_id,
                 waldur_user_uuid=user_uuids.get(user_id),

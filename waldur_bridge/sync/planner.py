@@ -252,7 +252,7 @@ class Plan:
 # --- planning -------------------------------------------------------------------------------
 
 
-def _roles_text(roles: tuple[str, ...]) -> str:
+def roles_text(roles: tuple[str, ...]) -> str:
     if not roles:
         return "desired by policy"
     return f"role {roles[0]}" if len(roles) == 1 else f"roles {', '.join(roles)}"
@@ -301,7 +301,7 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
     seated: set[str] = set()  # desired members who are or will be in the room
     for user_id, member in wanted.items():
         cur = current.members.get(user_id)
-        roles = _roles_text(member.roles)
+        roles = roles_text(member.roles)
         if not is_managed(user_id):
             # A caller bug (desired IDs come from the mapping); invite, but leave levels alone.
             notes.append(f"{user_id}: desired but not a managed ID; power level left alone")
@@ -415,7 +415,7 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
                 continue
             # An entry equal to users_default is redundant: drop it rather than write it.
             new = None if member.power_level == current.users_default else member.power_level
-            change(user_id, new, f"power level from {_roles_text(member.roles)}")
+            change(user_id, new, f"power level from {roles_text(member.roles)}")
             continue
         # Managed, not wanted, holding an explicit level: clear it once they are out of the room.
         cur = current.members.get(user_id)

@@ -67,8 +67,12 @@ class CoalescingQueue:
         name: str = "queue",
         expected: tuple[type[Exception], ...] = (),
         lead: bool = False,
+        on_done: Callable[[str], None] | None = None,
     ) -> None:
         self._worker = worker
+        # Called with the key after each run, failed or not, once the key no longer counts
+        # as running.
+        self._on_done = on_done
         self._concurrency = concurrency
         self._base_delay = base_delay
         self._max_delay = max_delay
@@ -171,6 +175,10 @@ class CoalescingQueue:
         """Whether a run of `key` waits (settling, on a retry timer or for a slot)."""
         return key in self._pending
 
+    def busy(self) -> set[str]:
+        """The keys running or due to run soon: queued, except those waiting out a retry."""
+        return self._running | {k for k, p in self._pending.items() if not p.failures}
+
     @property
     def size(self) -> int:
         return len(self._pending) + len(self._running)
@@ -265,3 +273,5 @@ class CoalescingQueue:
                 self._running.discard(key)
                 self._run_done.set()
                 self._wakeup.set()
+                if self._on_done is not None:
+                    self._on_done(key)

@@ -38,7 +38,7 @@ from .drift import DriftGuard
 from .executor import PlanExecutor
 from .expiry import ExpiryTimers
 from .failures import EXPECTED_FAILURES, HomeserverWritesFailed, IncompleteRead
-from .planner import CurrentRoom, Plan
+from .planner import CurrentRoom, Plan, roles_text
 from .policy import MembershipPolicy, ProjectInfo, canonical_uuid
 from .progress import InitialSyncProgress
 from .queue import LEADING, CoalescingQueue
@@ -64,10 +64,6 @@ EXPIRY = "expiry"
 
 # Room IDs named in the start-up duplicates line; the management room's report lists all.
 _LISTED_IN_LOG = 5
-
-
-def _roles_text(roles: tuple[str, ...]) -> str:
-    return f"role {', '.join(roles)}" if roles else "desired by policy"
 
 
 def policy_from_config(config) -> MembershipPolicy:
@@ -106,6 +102,7 @@ class SyncService:
             name="reconcile",
             expected=EXPECTED_FAILURES,
             lead=True,
+            on_done=lambda project_uuid: self.spaces.portal_run_done(project_uuid),
         )
         self.poller = EventsPoller(
             bridge.waldur,
@@ -507,7 +504,7 @@ class SyncService:
             return portal, None
         await self.spaces.room_created(portal, created.room)
         invited = {
-            user_id: f"{_roles_text(desired.members[user_id].roles)}; invited with the new room"
+            user_id: f"{roles_text(desired.members[user_id].roles)}; invited with the new room"
             for user_id in created.room.invited
         }
         await self.executor.record_creation(

@@ -27,11 +27,11 @@ from ..db import CustomerSpace, PortalDecoration, SpaceMember, portal as states
 from ..db.space import ACTIVE, CLOSED
 from ..portal import PROJECT_STATE_EVENT, Portal
 from ..puppet import Puppet
-from ..room_creation import NewRoom, room_state, state_content
+from ..room_creation import NewRoom, room_state, send_create, state_content
 from ..space import CUSTOMER_STATE_EVENT, Space
 from ..waldur import Customer, WaldurError
 from .failures import EXPECTED_FAILURES, HomeserverWritesFailed
-from .planner import DesiredMember, DesiredRoom, Kick
+from .planner import DesiredMember, DesiredRoom, Kick, roles_text
 from .policy import MembershipPolicy, role_power_level
 from .queue import CoalescingQueue
 
@@ -98,6 +98,8 @@ class SpaceSync:
         # Rooms whose links were read from the homeserver since the start.
         self._verified: set[str] = set()
         self._reported_holds: dict[str, frozenset[str]] = {}
+        # Organizations whose space is still to be made, waiting for their portals in flight.
+        self._awaiting: set[str] = set()
 
     # region lifecycle
 
@@ -218,9 +220,33 @@ class SpaceSync:
             or previous.customer_uuid != team.customer_uuid
         )
         if changed or not linked or reasons - {SWEEP}:
-            self.request(portal.customer_uuid, "portal")
+            if space is None and portal.customer_uuid in self._busy_customers(portal.project_uuid):
+                # The space is made once, after the last of its organization's portals in
+                # flight, with their whole team invited by its createRoom (one batch for the
+                # homeserver instead of an invite event each).
+                self._awaiting.add(portal.customer_uuid)
+            else:
+                self.request(portal.customer_uuid, "portal")
         if previous is not None and previous.customer_uuid != team.customer_uuid:
             self.request(previous.customer_uuid, "portal-moved")
+
+    def portal_run_done(self, project_uuid: str) -> None:
+        """A portal's run ended: a space waiting for its organization's portals goes ahead once
+        none of them is in flight (a sweep asks for every space anyway)."""
+        if not self._awaiting:
+            return
+        for customer_uuid in sorted(self._awaiting - self._busy_customers()):
+            self._awaiting.discard(customer_uuid)
+            self.request(customer_uuid, "portal")
+
+    def _busy_customers(self, exclude: str | None = None) -> set[str]:
+        """Organizations with a portal running or due to run soon (not one waiting out a retry)."""
+        projects = self.service.directory.projects
+        return {
+            projects[key].customer_uuid
+            for key in self.service.queue.busy()
+            if key != exclude and key in projects
+        }
 
     async def portal_closed(self, portal: Portal) -> None:
         """A portal was disabled or its project deleted: it leaves the space."""
@@ -362,9 +388,18 @@ class SpaceSync:
         name = customer.name if customer else self.customer_name(customer_uuid)
         topic = (customer.description if customer else "") or ""
         intent = self.bridge.az.intent
+        bot = str(intent.mxid)
         room_version = await self.bridge.room_versions.for_new_room()
         info = self._space_info(customer_uuid, name, None)
         state_key = f"waldur://customer/{customer_uuid}"
+        # The team known now comes with the space: puppets invited in the initial state (one
+        # batch for the homeserver), everyone at their level; the reconcile that follows joins
+        # them and invites anyone else.
+        wanted, team = self.desired_members(portals)
+        invited = {u: team.displaynames.get(u, "") for u in wanted.members if u in team.puppets}
+        levels = {
+            u: m.power_level for u, m in wanted.members.items() if m.power_level and u != bot
+        }
         creation: dict[str, Any] = {
             "preset": RoomCreatePreset.PRIVATE,
             "name": name,
@@ -374,7 +409,7 @@ class SpaceSync:
                 "type": "m.space",
                 **({} if self.federate else {"m.federate": False}),
             },
-            "power_level_override": room_meta.space_power_levels(str(intent.mxid), room_version),
+            "power_level_override": room_meta.space_power_levels(bot, room_version, levels),
             "initial_state": [
                 {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
                 {
@@ -393,15 +428,21 @@ class SpaceSync:
         alias = self.bridge.config["bridge.alias_template"].format(
             groupname=f"org_{customer_uuid}"
         )
+        adopted = False
         try:
-            room_id = await intent.create_room(alias_localpart=alias, **creation)
+            room_id, in_state = await send_create(intent, creation, invited, alias)
         except MatrixRequestError as e:
             if e.errcode not in ("M_ROOM_IN_USE", "M_EXCLUSIVE", "M_INVALID_PARAM"):
                 raise
-            room_id = await self._adopt(alias, customer_uuid)
-            if room_id is None:
+            in_state = False
+            adopted_id = await self._adopt(alias, customer_uuid)
+            if adopted_id is not None:
+                room_id, adopted = adopted_id, True
+            else:
                 log.warning("Space alias %s unavailable (%s), creating without", alias, e)
-                room_id = await intent.create_room(**creation)
+                room_id, in_state = await send_create(intent, creation, invited)
+        if not in_state:
+            invited = {}  # the reconcile that follows invites them
         row = CustomerSpace(
             customer_uuid=customer_uuid,
             room_id=room_id,
@@ -413,7 +454,26 @@ class SpaceSync:
         await row.save()
         space = Space(row, self.bridge)
         self._remember(space)
-        log.info("Created the space %s of organization %s (%s)", room_id, name, customer_uuid)
+        self._awaiting.discard(customer_uuid)
+        if adopted:
+            return space  # its members and levels are read by the reconcile that follows
+        log.info(
+            "Created the space %s of organization %s (%s) with %d invited",
+            room_id,
+            name,
+            customer_uuid,
+            len(invited),
+        )
+        await self.service.executor.record_creation(
+            space,  # type: ignore[arg-type]
+            {
+                u: f"{roles_text(wanted.members[u].roles)}; invited with the new space"
+                for u in invited
+            },
+            levels,
+            role_signatures=team.signatures,
+            user_uuids=team.user_uuids,
+        )
         return space
 
     async def _adopt(self, alias: str, customer_uuid: str) -> RoomID | None:
