@@ -160,11 +160,15 @@ class Cluster:
             return await resp.json()
 
     async def room_of(self, project_uuid: str) -> str | None:
+        """The project's room once the bot is in it: Synapse maps the alias before createRoom
+        has joined its creator, and the bot's reads are refused until then."""
         alias = f"%23waldur_{project_uuid}:{self.hs.server_name}"
         try:
-            return (await self.hs_request("GET", f"/directory/room/{alias}"))["room_id"]
+            room_id = (await self.hs_request("GET", f"/directory/room/{alias}"))["room_id"]
+            await self.joined(room_id)
         except aiohttp.ClientResponseError:
             return None
+        return str(room_id)
 
     async def joined(self, room_id: str) -> set[str]:
         data = await self.hs_request("GET", f"/rooms/{room_id}/joined_members")

@@ -36,11 +36,15 @@ async def _ready(session: aiohttp.ClientSession, port: int) -> bool:
 
 
 async def _room_of(env: BridgeEnv, project_uuid: str) -> str | None:
+    """The project's room once the bot is in it: Synapse maps the alias before createRoom
+    has joined its creator, and the bot's reads are refused until then."""
     alias = quote(f"#waldur_{project_uuid}:{env.hs.server_name}")
     try:
-        return (await env.hs_get(f"/directory/room/{alias}"))["room_id"]
+        room_id = (await env.hs_get(f"/directory/room/{alias}"))["room_id"]
+        await env.hs_get(f"/rooms/{room_id}/joined_members")
     except aiohttp.ClientResponseError:
         return None
+    return str(room_id)
 
 
 async def test_no_secret_in_the_debug_log(bridge_env: BridgeEnv) -> None:
