@@ -352,12 +352,17 @@ async def room_patterns(
     return results
 
 
+def _ghost_name(user_id: str) -> str:
+    """The display name the patterns give a ghost (its invite carries the same)."""
+    return f"Pattern {user_id[-9:-1]}"
+
+
 def _state_invites(team: list[str]) -> list[dict[str, Any]]:
     return [
         {
             "type": "m.room.member",
             "state_key": user_id,
-            "content": {"membership": "invite", "displayname": f"Pattern {user_id[-9:-1]}"},
+            "content": {"membership": "invite", "displayname": _ghost_name(user_id)},
         }
         for user_id in team
     ]
@@ -395,7 +400,7 @@ async def _pattern(
 
     async def project(r: int) -> None:
         team = ghosts[r]
-        await asyncio.gather(*(client.set_displayname(g, f"Pattern {g[-9:-1]}") for g in team))
+        await asyncio.gather(*(client.set_displayname(g, _ghost_name(g)) for g in team))
         room_id = await create(r)
         for user_id in team:
             await client.join(room_id, user_id)

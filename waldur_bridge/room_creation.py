@@ -5,7 +5,7 @@ name, topic, the project link and bridge info state, the team's invites and thei
 levels, so members have their level the moment they join and no power-level event follows.
 The invites of the bridge's own puppets are member events in the initial state: the homeserver
 stores them with the room's other first events in one batch, where the `invite` list costs
-Synapse a separate event persistence each (about 15-20 ms of its CPU per invite, measured).
+Synapse a separate event persistence each (measured: 14 ms of its CPU per invite against 51).
 
 Crash safety: the portal row records the planned alias (state "creating") before the request
 is sent, and Synapse maps the alias before it fills the room. A crash anywhere therefore leaves
@@ -111,6 +111,7 @@ class NewRoom:
     # initial state with the name the homeserver would copy from the profile. Anyone else
     # (a local Matrix account) is invited through the `invite` list.
     puppet_names: Mapping[str, str] = field(default_factory=dict)
+    # Power levels of the team (user ID -> level), set by createRoom before anyone is invited.
     levels: Mapping[str, int] = field(default_factory=dict)
     bridge_info_state_key: str = ""
     bridge_info: Mapping[str, Any] = field(default_factory=dict)

@@ -266,6 +266,7 @@ async def test_first_sync_reads_back_nothing_it_created(bridge_env: BridgeEnv) -
     assert await steady_sweep_writes(bridge_env) == {}
 
 
+@both_generations
 async def test_a_new_space_comes_with_its_organizations_team(bridge_env: BridgeEnv) -> None:
     """The first sync makes each space once its organization's portals are done, with their
     whole team invited by createRoom's initial state and the owners' levels in its first power
