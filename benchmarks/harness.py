@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from mautrix.api import HTTPAPI
 from mautrix.types import EventType, Membership
 
@@ -185,12 +186,89 @@ def process_cpu_seconds(pid: int | None = None) -> float:
         return -1.0
 
 
+_METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)$")
+# Synapse's CPU and database time, per request servlet and per background job.
+_CPU_METRICS = {
+    "synapse_http_server_response_ru_utime_seconds_total": ("servlet", "cpu"),
+    "synapse_http_server_response_ru_stime_seconds_total": ("servlet", "cpu"),
+    "synapse_http_server_response_db_txn_count_total": ("servlet", "db_txns"),
+    "synapse_http_server_response_count_total": ("servlet", "count"),
+    "synapse_background_process_ru_utime_seconds_total": ("name", "cpu"),
+    "synapse_background_process_ru_stime_seconds_total": ("name", "cpu"),
+    "synapse_background_process_db_txn_count_total": ("name", "db_txns"),
+    "synapse_background_process_start_count_total": ("name", "count"),
+}
+
+
+def parse_metrics(text: str) -> dict[tuple[str, str], float]:
+    """Prometheus text format into {(name, labels): value}."""
+    values: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        match = _METRIC_LINE.match(line)
+        if match and not line.startswith("#"):
+            try:
+                values[(match[1], match[2] or "")] = float(match[3])
+            except ValueError:
+                continue
+    return values
+
+
+def _label(labels: str, key: str) -> str:
+    found = re.search(key + r'="([^"]*)"', labels)
+    return found[1] if found else "?"
+
+
+def cpu_breakdown(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], top: int = 25
+) -> dict[str, Any]:
+    """Synapse's CPU over a span by request servlet and by background job (its own
+    accounting): where a phase's homeserver time went."""
+    rows: dict[str, dict[str, float]] = {}
+    for (name, labels), value in after.items():
+        spec = _CPU_METRICS.get(name)
+        if spec is None:
+            continue
+        delta = value - before.get((name, labels), 0.0)
+        if not delta:
+            continue
+        kind = "request" if spec[0] == "servlet" else "background"
+        key = f"{kind} {_label(labels, spec[0])}"
+        if kind == "request":
+            key += f" {_label(labels, 'method')}"
+        row = rows.setdefault(key, {"cpu": 0.0, "db_txns": 0.0, "count": 0.0})
+        row[spec[1]] += delta
+    ranked = sorted(rows.items(), key=lambda kv: -kv[1]["cpu"])
+    return {
+        "total_cpu_s": round(sum(r["cpu"] for r in rows.values()), 2),
+        "top": {
+            k: {
+                "cpu_s": round(r["cpu"], 3),
+                "count": int(r["count"]),
+                "db_txns": int(r["db_txns"]),
+            }
+            for k, r in ranked[:top]
+        },
+    }
+
+
 class CpuMeter:
     """CPU seconds used by Synapse and by this process (bridge, simulator, client) over a span."""
 
-    def __init__(self, synapse_pid: int | None) -> None:
+    def __init__(
+        self,
+        synapse_pid: int | None,
+        metrics: Callable[[], Awaitable[dict[tuple[str, str], float]]] | None = None,
+    ) -> None:
         self.synapse_pid = synapse_pid
         self._start = (0.0, 0.0, 0.0)
+        self._metrics = metrics
+        self.metrics_start: dict[tuple[str, str], float] = {}
+
+    async def breakdown(self) -> dict[str, Any] | None:
+        """Synapse's own split of its CPU since the meter started."""
+        if self._metrics is None:
+            return None
+        return cpu_breakdown(self.metrics_start, await self._metrics())
 
     def start(self) -> CpuMeter:
         self._start = (
@@ -260,7 +338,9 @@ class Homeserver(AppserviceHomeserver):
         registration_path = write_registration(
             workdir / "synapse" / "registration.yaml", registration
         )
-        synapse = LocalSynapse(workdir / "synapse", registration_path=registration_path)
+        synapse = LocalSynapse(
+            workdir / "synapse", registration_path=registration_path, metrics_port=free_port()
+        )
         super().__init__(synapse, registration, registration_path, as_port)
         self.workdir = workdir
 
@@ -284,7 +364,15 @@ class Homeserver(AppserviceHomeserver):
         """A meter started once Synapse is idle: the background work a phase leaves behind
         (event persistence, stats, the appservice's transactions) is not charged to the next."""
         await self.quiet()
-        return CpuMeter(self.pid).start()
+        meter = CpuMeter(self.pid, self.metrics)
+        meter.metrics_start = await self.metrics()
+        return meter.start()
+
+    async def metrics(self) -> dict[tuple[str, str], float]:
+        """Synapse's Prometheus counters, by (name, labels)."""
+        url = f"http://127.0.0.1:{self.synapse.metrics_port}/_synapse/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            return parse_metrics(await resp.text())
 
     async def quiet(
         self, window: float = 0.5, idle_share: float = 0.1, timeout: float = 30.0

@@ -148,6 +148,7 @@ async def initial_sync_and_latency(
             await handle.settle(timeout=3600)
             sync_s = time.perf_counter() - started
         usage = meter.stop()
+        synapse_split = await meter.breakdown()
         counts = _delta(c0, _counts(handle))
         hs_delta = ctx.counter.delta(h0, ctx.counter.snapshot())
         complete = await _room_members_ok(ctx, handle, teams)
@@ -182,6 +183,7 @@ async def initial_sync_and_latency(
             "homeserver_reads_by_endpoint": hs_delta["reads_by_endpoint"],
             "homeserver_mean_ms_by_endpoint": hs_delta["mean_ms_by_endpoint"],
             "cpu": usage,
+            "synapse_cpu_split": synapse_split,
             "waldur_requests": counts["waldur_requests"],
             "raw": {
                 "room_major": {k: v for k, v in raw_room_major.items() if k != "room_ids"},

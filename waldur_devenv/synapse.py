@@ -116,6 +116,7 @@ class LocalSynapse:
         registration_path: Path | None = None,
         python: str | None = None,
         default_room_version: str | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.python = find_synapse_python(python)
         self.workdir = Path(workdir).resolve()
@@ -124,6 +125,8 @@ class LocalSynapse:
         self.port = port or free_port()
         self.registration_path = registration_path
         self.default_room_version = default_room_version
+        # A Prometheus listener (benchmarks read Synapse's CPU by servlet and background job).
+        self.metrics_port = metrics_port
         # Random per instance; kept across restarts of the same instance.
         self.shared_secret = secrets.token_hex(32)
         self._macaroon_secret = secrets.token_hex(32)
@@ -202,6 +205,11 @@ class LocalSynapse:
             },
             **_RATE_LIMITS,
         }
+        if self.metrics_port:
+            cfg["enable_metrics"] = True
+            cfg["listeners"].append(
+                {"port": self.metrics_port, "type": "metrics", "bind_addresses": ["127.0.0.1"]}
+            )
         if self.default_room_version:
             cfg["default_room_version"] = str(self.default_room_version)
         return cfg

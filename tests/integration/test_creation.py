@@ -9,10 +9,11 @@ import secrets
 import signal
 import sys
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
 import pytest
+from mautrix.api import HTTPAPI
 
 from waldur_bridge import room_creation
 from waldur_bridge.db import AuditEntry, Portal as DBPortal, portal as states
@@ -237,6 +238,61 @@ async def test_new_room_invites_its_puppets_with_the_first_state(bridge_env: Bri
         assert event["content"]["displayname"] == name
     members = await bridge_env.members(room)
     assert members[ann] == members[ben] == "join"
+
+
+async def test_writes_stay_within_the_limit_while_more_rooms_are_in_flight(
+    bridge_env: BridgeEnv,
+) -> None:
+    """bridge.membership.concurrency bounds the homeserver writes in flight, room creation
+    included, while more rooms than that are worked on at once (each room's joins one at a
+    time): a few rooms with long queues of joins never leave the homeserver idle."""
+    sim = bridge_env.sim
+    suffix = secrets.token_hex(3)
+    org = sim.add_customer("Limit Org")
+    for p in range(6):
+        project = sim.add_project(org, f"Limit {p}")
+        for m in range(3):
+            user = sim.add_user(f"lim{p}m{m}{suffix}", f"Limit {p}.{m}")
+            sim.grant(user, project, "PROJECT.MEMBER")
+    in_flight = 0
+    most = 0
+    # Per room: when its createRoom started and its last join ended.
+    spans: dict[str, list[float]] = {}
+    original = HTTPAPI._send
+    loop = asyncio.get_running_loop()
+
+    async def watched(api: HTTPAPI, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal in_flight, most
+        if str(method) == "GET":
+            return await original(api, method, url, *args, **kwargs)
+        in_flight += 1
+        most = max(most, in_flight)
+        started = loop.time()
+        try:
+            result = await original(api, method, url, *args, **kwargs)
+        finally:
+            in_flight -= 1
+        path = str(url.path)
+        if path.endswith("/createRoom"):
+            spans[str(result[0]["room_id"])] = [started, started]
+        elif path.endswith("/join") and "/rooms/" in path:
+            room = unquote(path.split("/rooms/")[1].split("/")[0])
+            if room in spans:
+                spans[room][1] = loop.time()
+        return result
+
+    await bridge_env.start(**{"bridge.membership.concurrency": 2, "bridge.spaces.enabled": False})
+    HTTPAPI._send = watched  # type: ignore[method-assign]
+    try:
+        await bridge_env.sweep()
+    finally:
+        HTTPAPI._send = original  # type: ignore[method-assign]
+    assert len(spans) == 6
+    assert 1 <= most <= 2
+    # Rooms in progress (created, joins not all done) at the busiest moment: more than the
+    # write limit, or the rooms would run in waves as wide as the limit.
+    busiest = max(sum(1 for a, b in spans.values() if a <= t <= b) for t, _ in spans.values())
+    assert busiest > 2, spans
 
 
 async def _member_is(env: BridgeEnv, room: str, user: str, membership: str) -> bool:

@@ -80,6 +80,12 @@ def policy_from_config(config) -> MembershipPolicy:
     )
 
 
+# Rooms reconciled at once per homeserver write allowed at once. With as many rooms as writes,
+# rooms start and end in waves and the last, partial wave leaves Synapse half idle; four times
+# as many made the first sync of 20 rooms x 10 members about 15 % faster (benchmarks/).
+ROOMS_PER_WRITE = 4
+
+
 class SyncService:
     def __init__(self, bridge: WaldurBridge) -> None:
         self.bridge = bridge
@@ -91,11 +97,12 @@ class SyncService:
         self.expiry = ExpiryTimers(lambda project: self.request_project(project, EXPIRY))
         self.executor = PlanExecutor(self.config["bridge.membership.concurrency"])
         self.reconciler = Reconciler(self.config, self.policy, self.executor)
-        # Rooms are reconciled in parallel (each room's membership changes one at a time), so
-        # the homeserver write limit is also the number of rooms in flight.
+        # Each room's membership changes go one at a time, so more rooms are in flight than
+        # writes: the write limit (the executor's) is shared round robin by every room in
+        # flight, and a few rooms with long queues of joins never leave the homeserver idle.
         self.queue = CoalescingQueue(
             self._reconcile_worker,
-            concurrency=self.config["bridge.membership.concurrency"],
+            concurrency=ROOMS_PER_WRITE * self.config["bridge.membership.concurrency"],
             base_delay=5.0,
             settle=float(self.config["bridge.membership.settle_seconds"]),
             max_wait=float(self.config["bridge.membership.settle_max_wait"]),
@@ -484,14 +491,15 @@ class SyncService:
             desired, bot, self.config["homeserver.domain"]
         )
         try:
-            created = await portal.create_room(
-                project.name,
-                self.reconciler.topic_for(project),
-                invitees,
-                levels,
-                customer_name=project.customer_name,
-                puppet_names={user_id: displaynames.get(user_id, "") for user_id in puppets},
-            )
+            async with self.executor.semaphore:
+                created = await portal.create_room(
+                    project.name,
+                    self.reconciler.topic_for(project),
+                    invitees,
+                    levels,
+                    customer_name=project.customer_name,
+                    puppet_names={user_id: displaynames.get(user_id, "") for user_id in puppets},
+                )
         except AliasConflict as e:
             await self._report_alias_conflict(portal, e)
             return None

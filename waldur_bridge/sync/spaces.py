@@ -100,6 +100,8 @@ class SpaceSync:
         self._reported_holds: dict[str, frozenset[str]] = {}
         # Organizations whose space is still to be made, waiting for their portals in flight.
         self._awaiting: set[str] = set()
+        # Child links a new space was created with, by space room: not written again.
+        self._created_children: dict[str, dict[str, dict[str, Any]]] = {}
 
     # region lifecycle
 
@@ -400,6 +402,14 @@ class SpaceSync:
         levels = {
             u: m.power_level for u, m in wanted.members.items() if m.power_level and u != bot
         }
+        # The organization's rooms that exist now are its children from the first state on.
+        children = {
+            p.room_id: room_meta.child_content(
+                self.server_name, room_meta.child_order(p.name, p.project_uuid)
+            )
+            for p in portals
+            if p.room_id
+        }
         creation: dict[str, Any] = {
             "preset": RoomCreatePreset.PRIVATE,
             "name": name,
@@ -423,14 +433,20 @@ class SpaceSync:
                     "content": {"customer_uuid": customer_uuid},
                 },
                 *({"type": t, "state_key": state_key, "content": info} for t in BRIDGE_INFO_TYPES),
+                *(
+                    {"type": room_meta.SPACE_CHILD, "state_key": room_id, "content": child}
+                    for room_id, child in children.items()
+                ),
             ],
         }
         alias = self.bridge.config["bridge.alias_template"].format(
             groupname=f"org_{customer_uuid}"
         )
         adopted = False
+        writes = self.service.executor.semaphore  # the bridge-wide homeserver write limit
         try:
-            room_id, in_state = await send_create(intent, creation, invited, alias)
+            async with writes:
+                room_id, in_state = await send_create(intent, creation, invited, alias)
         except MatrixRequestError as e:
             if e.errcode not in ("M_ROOM_IN_USE", "M_EXCLUSIVE", "M_INVALID_PARAM"):
                 raise
@@ -440,7 +456,8 @@ class SpaceSync:
                 room_id, adopted = adopted_id, True
             else:
                 log.warning("Space alias %s unavailable (%s), creating without", alias, e)
-                room_id, in_state = await send_create(intent, creation, invited)
+                async with writes:
+                    room_id, in_state = await send_create(intent, creation, invited)
         if not in_state:
             invited = {}  # the reconcile that follows invites them
         row = CustomerSpace(
@@ -457,6 +474,7 @@ class SpaceSync:
         self._awaiting.discard(customer_uuid)
         if adopted:
             return space  # its members and levels are read by the reconcile that follows
+        self._created_children[room_id] = children
         log.info(
             "Created the space %s of organization %s (%s) with %d invited",
             room_id,
@@ -536,6 +554,7 @@ class SpaceSync:
                 if event.get("type") == room_meta.SPACE_CHILD:
                     children[str(event.get("state_key"))] = event.get("content") or {}
         wanted_rooms = {p.room_id for p in portals if p.room_id}
+        created = self._created_children.pop(space.room_id, {})
         for portal in sorted(portals, key=lambda p: p.project_uuid):
             room_id = portal.room_id or ""
             order = room_meta.child_order(portal.name, portal.project_uuid)
@@ -551,12 +570,12 @@ class SpaceSync:
             child = room_meta.child_content(self.server_name, order)
             parent = room_meta.parent_content(self.server_name)
             known = decoration.space_room_id == space.room_id
-            child_now = children.get(room_id) if verify else None
+            child_now = children.get(room_id) if verify else created.get(room_id)
             if not verify and decoration.space_room_id == CREATED_UNLINKED:
                 parent_now = None  # created before the space: no link to read
             elif verify or not known:
                 parent_now = await self._read_state(room_id, room_meta.SPACE_PARENT, space.room_id)
-                if not verify:
+                if not verify and room_id not in created:
                     child_now = await self._read_state(
                         space.room_id, room_meta.SPACE_CHILD, room_id
                     )
