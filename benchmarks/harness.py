@@ -239,6 +239,10 @@ def cpu_breakdown(
         row[spec[1]] += delta
     ranked = sorted(rows.items(), key=lambda kv: -kv[1]["cpu"])
     return {
+        "note": (
+            "Synapse's own accounting (its main thread, per request and job); the rest of "
+            "its CPU is the database threads and the reactor"
+        ),
         "total_cpu_s": round(sum(r["cpu"] for r in rows.values()), 2),
         "top": {
             k: {
