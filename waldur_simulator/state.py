@@ -401,6 +401,26 @@ class SimulatorState:
             )
         self._log_project("project_update_succeeded", project, message)
 
+    def rename_customer(
+        self, uuid: str, name: str | None = None, description: str | None = None
+    ) -> None:
+        """Emits customer_update_succeeded (structure's log_customer_save on an update)."""
+        customer = self.customer(uuid)
+        changed = False
+        if name is not None and name != customer.name:
+            customer.name = name
+            changed = True
+        if description is not None and description != customer.description:
+            customer.description = description
+            changed = True
+        if changed:
+            self._emit(
+                "customer_update_succeeded",
+                f"Customer {customer.name} has been updated.",
+                _customer_ctx("customer", customer),
+                {customer.uuid},
+            )
+
     def set_image(
         self, scope_uuid: str, data: bytes | None, content_type: str = "image/png"
     ) -> str | None:

@@ -271,6 +271,30 @@ async def test_first_sync_reads_back_nothing_it_created(bridge_env: BridgeEnv) -
 
 
 @both_generations
+async def test_an_organization_update_reaches_its_space_without_a_sweep(
+    bridge_env: BridgeEnv,
+) -> None:
+    """Waldur's customer_update_succeeded (a rename, a new description) brings the space's name
+    and topic up to date at once, and reconciles none of the organization's project rooms."""
+    ids = orgs(bridge_env.sim)
+    await bridge_env.start()
+    await bridge_env.sweep()
+    space = await space_room(bridge_env, ids["acme"])
+    await bridge_env.register_webhook()
+    runs = bridge_env.bridge.sync.queue.runs
+    bridge_env.sim.rename_customer(ids["acme"], name="Acme Physics", description="New focus")
+
+    async def updated() -> bool:
+        name = (await bridge_env.state(space, "m.room.name")).get("name")
+        topic = (await bridge_env.state(space, "m.room.topic")).get("topic")
+        return (name, topic) == ("Acme Physics", "New focus")
+
+    await wait_for(updated, 10, "the space's new name and topic")
+    await bridge_env.settle()
+    assert bridge_env.bridge.sync.queue.runs == runs
+
+
+@both_generations
 async def test_a_new_space_comes_with_its_organizations_team(bridge_env: BridgeEnv) -> None:
     """The first sync makes each space once its organization's portals are done, with their
     whole team invited by createRoom's initial state and the owners' levels in its first power

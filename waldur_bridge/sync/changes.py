@@ -29,6 +29,8 @@ USER_EVENTS = (
     "user_update_succeeded",
     "user_deletion_succeeded",
 )
+# An organization's own fields (name, description, image): they show in its space.
+CUSTOMER_EVENTS = ("customer_update_succeeded",)
 # Order events only drive the optional order notices; they never change membership.
 ORDER_EVENTS = (
     "marketplace_order_created",
@@ -38,7 +40,7 @@ ORDER_EVENTS = (
     "marketplace_order_terminated",
     "marketplace_order_failed",
 )
-WATCHED_EVENTS = ROLE_EVENTS + PROJECT_EVENTS + USER_EVENTS
+WATCHED_EVENTS = ROLE_EVENTS + PROJECT_EVENTS + USER_EVENTS + CUSTOMER_EVENTS
 POLLED_EVENTS = WATCHED_EVENTS + ORDER_EVENTS
 # The web hook subscribes to exactly the types the bridge acts on. A group would be expanded by
 # Waldur into every type it holds ("resources" alone is about 166): a post per resource change.
@@ -63,8 +65,9 @@ def hint_from_event(event: Event) -> Hint:
     projects = set(event.project_uuids())
     customers = set(event.customer_uuids())
     users = set(event.user_uuids())
-    if event.event_type in ROLE_EVENTS and projects:
-        # A project-scoped grant names its organization too; only the project needs a look.
+    if event.event_type in ROLE_EVENTS + PROJECT_EVENTS and projects:
+        # A project-scoped grant or a project's own event names its organization too; only
+        # the project needs a look (not every project of the organization).
         customers.clear()
     return Hint(frozenset(projects), frozenset(customers), frozenset(users), event.event_type)
 

@@ -25,6 +25,7 @@ from ..portal import Portal
 from ..room_creation import AliasConflict
 from ..waldur import Event, WaldurError
 from .changes import (
+    CUSTOMER_EVENTS,
     ORDER_EVENTS,
     USER_EVENTS,
     WATCHED_EVENTS,
@@ -44,7 +45,7 @@ from .progress import InitialSyncProgress
 from .queue import LEADING, CoalescingQueue
 from .reconciler import Reconciler, Result
 from .sessions import SessionCloser
-from .spaces import SpaceSync
+from .spaces import ORGANIZATION_CHANGED, SpaceSync
 
 if TYPE_CHECKING:
     from ..__main__ import WaldurBridge
@@ -189,6 +190,13 @@ class SyncService:
 
     async def handle_hint(self, hint: Hint, source: str) -> None:
         reason = f"{source}:{hint.event_type}"
+        if hint.event_type in CUSTOMER_EVENTS:
+            # The organization's name, description or image: its space reads them again. Its
+            # rooms' bridge info names it too and follows with the next sweep (no read per
+            # project of a large organization for a rename).
+            for customer_uuid in hint.customer_uuids:
+                self.spaces.request(customer_uuid, ORGANIZATION_CHANGED)
+            return
         projects = set(hint.project_uuids)
         # A role event names its project (or organization): that is where to look. The person's
         # other rooms change only with events about the person (deactivation, renames) or with
@@ -239,13 +247,14 @@ class SyncService:
                     log.info("Waldur web hook already registered")
                     return
                 if ours:
-                    # An older registration (by event group) posts far more than the bridge
-                    # reads: narrow it to the types the bridge acts on.
+                    # An older registration (by event group, or by an earlier version) posts
+                    # other types than the bridge reads: set it to the types it acts on.
                     await self.bridge.waldur.update_hook(ours[0].uuid, wanted)
                     log.info(
-                        "Narrowed the bridge's Waldur web hook from %d to %d event types",
-                        len(ours[0].event_types),
+                        "Set the bridge's Waldur web hook to the %d event types it acts on "
+                        "(it had %d)",
                         len(wanted),
+                        len(ours[0].event_types),
                     )
                     return
                 await self.bridge.waldur.create_hook(url, wanted)

@@ -49,6 +49,9 @@ SWEEP = "sweep"
 VERIFY_REASONS = frozenset({"admin", "drift"})
 # An admin approved the space's held removals: this run has no mass-removal guard.
 APPROVE = "approve"
+# Waldur reported a change of the organization itself: its fields are read again.
+ORGANIZATION_CHANGED = "organization-changed"
+FRESH_REASONS = frozenset({"admin", ORGANIZATION_CHANGED})
 BRIDGE_INFO_TYPES = ("m.bridge", "uk.half-shot.bridge")
 CLOSED_CAUSE = "the organization has no project rooms left"
 # A decoration's space room for a portal created with no space link: there is neither a
@@ -355,7 +358,7 @@ class SpaceSync:
         verify = bool(reasons & VERIFY_REASONS) or (
             space is not None and space.room_id not in self._verified
         )
-        customer = await self._customer(customer_uuid, fresh="admin" in reasons)
+        customer = await self._customer(customer_uuid, fresh=bool(reasons & FRESH_REASONS))
         if space is None:
             space = await self._create(customer_uuid, customer, portals)
         elif space.is_closed:
