@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -103,8 +103,6 @@ class SpaceSync:
         self._reported_holds: dict[str, frozenset[str]] = {}
         # Organizations whose space is still to be made, waiting for their portals in flight.
         self._awaiting: set[str] = set()
-        # Child links a new space was created with, by space room: not written again.
-        self._created_children: dict[str, dict[str, dict[str, Any]]] = {}
 
     # region lifecycle
 
@@ -359,14 +357,15 @@ class SpaceSync:
             space is not None and space.room_id not in self._verified
         )
         customer = await self._customer(customer_uuid, fresh=bool(reasons & FRESH_REASONS))
+        created_children: dict[str, dict[str, Any]] = {}
         if space is None:
-            space = await self._create(customer_uuid, customer, portals)
+            space, created_children = await self._create(customer_uuid, customer, portals)
         elif space.is_closed:
             space.row.state = ACTIVE
             await space.row.save()
             log.info("Reopened the space of %s (%s)", space.name, customer_uuid)
         await self._decorate_space(space, customer, verify)
-        await self._link(space, portals, verify)
+        await self._link(space, portals, verify, created_children)
         self._verified.add(space.room_id)
         cached = reasons == {SWEEP} and not verify
         await self._reconcile_members(
@@ -389,7 +388,9 @@ class SpaceSync:
 
     async def _create(
         self, customer_uuid: str, customer: Customer | None, portals: list[Portal]
-    ) -> Space:
+    ) -> tuple[Space, dict[str, dict[str, Any]]]:
+        """The new (or adopted) space, and the child links it was created with (room ID ->
+        content), which the link step then does not write again."""
         name = customer.name if customer else self.customer_name(customer_uuid)
         topic = (customer.description if customer else "") or ""
         intent = self.bridge.az.intent
@@ -476,8 +477,7 @@ class SpaceSync:
         self._remember(space)
         self._awaiting.discard(customer_uuid)
         if adopted:
-            return space  # its members and levels are read by the reconcile that follows
-        self._created_children[room_id] = children
+            return space, {}  # its members and levels are read by the reconcile that follows
         log.info(
             "Created the space %s of organization %s (%s) with %d invited",
             room_id,
@@ -495,7 +495,7 @@ class SpaceSync:
             role_signatures=team.signatures,
             user_uuids=team.user_uuids,
         )
-        return space
+        return space, children
 
     async def _adopt(self, alias: str, customer_uuid: str) -> RoomID | None:
         """A space created before a crash lost its row: find it by alias and link state."""
@@ -548,16 +548,22 @@ class SpaceSync:
         if changed:
             await row.save()
 
-    async def _link(self, space: Space, portals: list[Portal], verify: bool) -> None:
+    async def _link(
+        self,
+        space: Space,
+        portals: list[Portal],
+        verify: bool,
+        created: Mapping[str, dict[str, Any]],
+    ) -> None:
         """Children in the space and parents in the portals, for the active portals; dead
-        children emptied. Read from the homeserver only when verifying."""
+        children emptied. Read from the homeserver only when verifying. `created`: the child
+        links the space was just created with."""
         children: dict[str, dict[str, Any] | None] = {}
         if verify:
             for event in await self._read_full_state(space.room_id):
                 if event.get("type") == room_meta.SPACE_CHILD:
                     children[str(event.get("state_key"))] = event.get("content") or {}
         wanted_rooms = {p.room_id for p in portals if p.room_id}
-        created = self._created_children.pop(space.room_id, {})
         for portal in sorted(portals, key=lambda p: p.project_uuid):
             room_id = portal.room_id or ""
             order = room_meta.child_order(portal.name, portal.project_uuid)
