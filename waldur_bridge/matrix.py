@@ -148,9 +148,38 @@ class MatrixHandler(BaseMatrixHandler):
     async def handle_leave(self, room_id: RoomID, user_id: UserID, event_id: EventID) -> None:
         portal = await po.Portal.get_by_room(room_id)
         if portal is not None:
-            await self.bridge.sync.on_member_left(portal, user_id, voluntarily=True)
+            await self.bridge.sync.on_member_left(
+                portal, user_id, voluntarily=True, how="left the room"
+            )
         elif (space := self.bridge.sync.spaces.space_of_room(room_id)) is not None:
-            await self.bridge.sync.spaces.on_member_left(space, user_id, voluntarily=True)
+            await self.bridge.sync.spaces.on_member_left(
+                space, user_id, voluntarily=True, how="left the space"
+            )
+
+    async def handle_reject(
+        self, room_id: RoomID, user_id: UserID, reason: str, event_id: EventID
+    ) -> None:
+        # Turning an invite down is a "no" like leaving: not invited again (invariant 15).
+        portal = await po.Portal.get_by_room(room_id)
+        if portal is not None:
+            await self.bridge.sync.on_member_left(
+                portal, user_id, voluntarily=True, how="rejected the invite to"
+            )
+        elif (space := self.bridge.sync.spaces.space_of_room(room_id)) is not None:
+            await self.bridge.sync.spaces.on_member_left(
+                space, user_id, voluntarily=True, how="rejected the invite to"
+            )
+
+    async def handle_disinvite(
+        self,
+        room_id: RoomID,
+        user_id: UserID,
+        disinvited_by: UserID,
+        reason: str,
+        event_id: EventID,
+    ) -> None:
+        # A moderator withdrew an invite: like a kick, whoever is entitled is invited again.
+        await self.handle_kick(room_id, user_id, disinvited_by, reason, event_id)
 
     async def handle_kick(
         self, room_id: RoomID, user_id: UserID, kicked_by: UserID, reason: str, event_id: EventID

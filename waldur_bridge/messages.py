@@ -635,6 +635,8 @@ _AUDIT_VERBS = {
     "power-levels": "power levels",
     "set-name": "renamed",
     "set-topic": "new topic",
+    "decline": "declined",
+    "undecline": "asked back in",
 }
 _AUDIT_OUTCOMES = {"failed": "FAILED", "held": "held for an admin", "dry-run": "dry run only"}
 MAX_AUDIT_LINES = 30

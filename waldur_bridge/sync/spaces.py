@@ -710,9 +710,14 @@ class SpaceSync:
     # endregion
     # region membership events in spaces
 
-    async def on_member_left(self, space: Space, user_id: str, voluntarily: bool) -> None:
-        if await SpaceMember.record_left(space.project_uuid, user_id, voluntarily):
+    async def on_member_left(
+        self, space: Space, user_id: str, voluntarily: bool, how: str = "left the space"
+    ) -> None:
+        outcome = await SpaceMember.record_left(space.project_uuid, user_id, voluntarily)
+        if outcome == "look":
             self.request(space.customer_uuid, "member-kicked")
+        elif outcome == "declined":
+            await self.service.executor.record_decline(space, user_id, how)  # type: ignore[arg-type]
 
     async def on_member_invited(self, space: Space, user_id: str, inviter: str) -> None:
         if inviter != self.bridge.az.bot_mxid:
