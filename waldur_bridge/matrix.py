@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 # Commands that work bare in every portal (`!status`), besides `<prefix> status`.
 BARE_COMMANDS = frozenset({"help", "status", "orders", "members"})
+# A person's own commands in a direct chat with the bot (commands/personal.py), by `!word`.
+PERSONAL_COMMANDS = {"rooms": "my-rooms", "join": "join"}
 # Handled transaction IDs are kept this long; the homeserver retries for far less.
 TXN_RETENTION_MS = 7 * 24 * 3600 * 1000
 
@@ -112,6 +114,9 @@ class MatrixHandler(BaseMatrixHandler):
             word = text[1:].split(maxsplit=1)[0].lower() if len(text) > 1 else ""
             if word in BARE_COMMANDS:
                 return True, text[1:]
+            if word in PERSONAL_COMMANDS:
+                # `!rooms` is a person's own list; bare `rooms` stays the admins' listing.
+                return True, PERSONAL_COMMANDS[word] + text[1 + len(word) :]
         return False, text
 
     async def allow_command(self, user: u.User) -> bool:  # type: ignore[override]

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from mautrix.appservice import IntentAPI
+from mautrix.appservice import AppService
 from mautrix.errors import MatrixRequestError, MNotFound
 from mautrix.types import UserID
 
@@ -38,12 +38,13 @@ Notify = Callable[[str], Awaitable[None]]
 class AccountCheck:
     def __init__(
         self,
-        intent: IntentAPI,
+        az: AppService,
         domain: str,
         notify: Notify | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.intent = intent
+        # The appservice's bot intent exists only once the appservice started.
+        self.az = az
         self.suffix = f":{domain}"
         self.notify = notify
         self.clock = clock
@@ -67,6 +68,11 @@ class AccountCheck:
         """A sweep asks again about every missing account."""
         self._known = {u: v for u, v in self._known.items() if v[0]}
 
+    def seen(self, user_id: str) -> None:
+        """The account spoke (a command): it exists."""
+        if self.is_local(user_id):
+            self._learn(user_id, True, self.clock())
+
     async def missing_of(self, user_ids: Iterable[str]) -> frozenset[str]:
         """Which of these local accounts the homeserver says do not exist."""
         now = self.clock()
@@ -81,6 +87,7 @@ class AccountCheck:
                     missing.add(user_id)
                 continue
             ask.append(user_id)
+        log.debug("Checking %d account(s) (%d cached missing)", len(ask), len(missing))
         if ask:
             answers = await asyncio.gather(*(self._exists(u) for u in ask))
             for user_id, exists in zip(ask, answers, strict=True):
@@ -106,10 +113,14 @@ class AccountCheck:
     async def _exists(self, user_id: str) -> bool | None:
         async with self._slots:
             try:
-                await self.intent.get_profile(UserID(user_id))
+                await self.az.intent.get_profile(UserID(user_id))
             except MNotFound:
                 return False
             except MatrixRequestError as e:
+                if e.http_status == 404:
+                    # Synapse 1.163 answers a user it never registered with 404 M_UNKNOWN
+                    # ("No row found"), not M_NOT_FOUND.
+                    return False
                 # 403 where profiles are limited to people who share a room: unknown.
                 log.debug("Could not tell whether %s exists: %s", user_id, e)
                 return None

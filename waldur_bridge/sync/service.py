@@ -101,7 +101,7 @@ class SyncService:
         # Own accounts (template mode, and links in any mode) are checked before their first
         # invite; puppets are the bridge's own and always exist.
         self.accounts = AccountCheck(
-            bridge.az.intent,
+            bridge.az,
             self.config["homeserver.domain"],
             bridge.notify_admins if self.config["bridge.management_room"] else None,
         )
