@@ -670,6 +670,17 @@ class SpaceSync:
             verify_joins=cached,
         )
         await self._report_holds(space, plan.held)
+        if active and room.complete:
+            # Someone who declined the space and lost every role: a new grant is a change of
+            # roles and brings a new invite (as in rooms).
+            for user_id, record in records.items():
+                if (
+                    user_id not in merged.signatures
+                    and record.left_voluntarily
+                    and record.role_signature
+                ):
+                    record.role_signature = ""
+                    await record.save()
         if outcome.failed:
             raise HomeserverWritesFailed(
                 f"{outcome.failed} homeserver write(s) in the space failed: "
