@@ -124,6 +124,18 @@ async def resolve_user(evt: WaldurCommandEvent, query: str) -> User:
     return matches[0]
 
 
+async def resolve_person(evt: WaldurCommandEvent, query: str) -> User:
+    """A Waldur user by Matrix ID (puppet, link or template), username or UUID."""
+    if not query.startswith("@"):
+        return await run(evt, resolve_user(evt, query))
+    from .room import waldur_user_of
+
+    user_uuid = await waldur_user_of(evt, query)
+    if user_uuid is None:
+        raise CommandError(f"{_md(query)} is not mapped to any Waldur user.")
+    return await run(evt, evt.bridge.waldur.get_user(user_uuid))
+
+
 async def portal_for(evt: WaldurCommandEvent, query: str) -> tuple[Project | None, Portal]:
     """A portal by project; also finds portals of deleted projects by UUID or stored name."""
     try:
@@ -458,16 +470,7 @@ async def unlink(evt: WaldurCommandEvent) -> None:
 @admin_command(name="whois", help_section=SECTION_PEOPLE, help_text="How a person maps")
 async def whois(evt: WaldurCommandEvent) -> None:
     query, _ = one_arg(evt, "whois <matrix id|waldur user>")
-    from .room import waldur_user_of
-
-    if query.startswith("@"):
-        user_uuid = await waldur_user_of(evt, query)
-        if user_uuid is None:
-            await evt.reply(f"{_md(query)} is not mapped to any Waldur user.")
-            return
-        user = await run(evt, evt.bridge.waldur.get_user(user_uuid))
-    else:
-        user = await run(evt, resolve_user(evt, query))
+    user = await resolve_person(evt, query)
     reconciler = evt.bridge.sync.reconciler
     mxid, puppet = await reconciler.matrix_account(user.uuid, user.username, user.email)
     how = (
@@ -507,16 +510,7 @@ async def invite(evt: WaldurCommandEvent) -> None:
     positional, _ = parse_args(evt.args)
     if len(positional) != 2:
         raise CommandError("Usage: `invite <waldur user|matrix id> <project>`")
-    from .room import waldur_user_of
-
-    query = positional[0]
-    if query.startswith("@"):
-        user_uuid = await waldur_user_of(evt, query)
-        if user_uuid is None:
-            raise CommandError(f"{_md(query)} is not mapped to any Waldur user.")
-        user = await run(evt, evt.bridge.waldur.get_user(user_uuid))
-    else:
-        user = await run(evt, resolve_user(evt, query))
+    user = await resolve_person(evt, positional[0])
     project, portal = await portal_for(evt, positional[1])
     if project is None or not portal.is_active:
         raise CommandError(f"The room of {_md(portal.name)} is not active.")

@@ -133,13 +133,8 @@ def _direct_chat_only(evt: WaldurCommandEvent) -> None:
         raise CommandError("Send this in a direct chat with the bot.")
 
 
-@command_handler(
-    name="my-rooms",
-    needs_auth=False,
-    help_section=SECTION_ROOM,
-    help_text="(`!rooms` in a direct chat) the project rooms your Waldur roles give you.",
-)
-async def my_rooms(evt: WaldurCommandEvent) -> None:
+async def _own_rooms(evt: WaldurCommandEvent) -> tuple[str, list[str], list[RoomOfPerson]]:
+    """The sender's Matrix ID, candidate projects and the rooms their roles give them."""
     _direct_chat_only(evt)
     user_uuid, mxid = await _who(evt)
     projects = await candidate_projects(evt, user_uuid, mxid)
@@ -147,6 +142,17 @@ async def my_rooms(evt: WaldurCommandEvent) -> None:
         rooms = await rooms_of_person(evt, user_uuid, mxid, projects)
     except WaldurError as e:
         raise CommandError(f"Could not read your projects from Waldur: {_md(e)}") from e
+    return mxid, projects, rooms
+
+
+@command_handler(
+    name="my-rooms",
+    needs_auth=False,
+    help_section=SECTION_ROOM,
+    help_text="(`!rooms` in a direct chat) the project rooms your Waldur roles give you.",
+)
+async def my_rooms(evt: WaldurCommandEvent) -> None:
+    mxid, projects, rooms = await _own_rooms(evt)
     if not rooms:
         await evt.reply(
             "Your Waldur roles give you no project rooms yet. A role on a project"
@@ -197,12 +203,8 @@ async def join(evt: WaldurCommandEvent) -> None:
     query = " ".join(evt.args).strip()
     if not query:
         raise CommandError("Usage: `!join <project name or room alias>`; `!rooms` lists them.")
-    user_uuid, mxid = await _who(evt)
-    projects = await candidate_projects(evt, user_uuid, mxid)
-    try:
-        rooms = await rooms_of_person(evt, user_uuid, mxid, projects)
-    except WaldurError as e:
-        raise CommandError(f"Could not read your projects from Waldur: {_md(e)}") from e
+
+    mxid, _, rooms = await _own_rooms(evt)
     room = match_room(rooms, query)
     name = _md(room.view.project.name)
     if room.state == "join":
