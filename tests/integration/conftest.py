@@ -25,12 +25,13 @@ from waldur_devenv.synapse import (
     SynapseNotInstalled,
     find_synapse_python,
     free_port,
+    oidc_provider_config,
     write_registration,
 )
 from waldur_devenv.testing import make_registration
 from waldur_simulator import WaldurSimulator
 
-from .helpers import BridgeEnv
+from .helpers import OIDC_CLIENT_SECRET, BridgeEnv
 
 # Fixed so that a failing run can be replayed by hand against the logs in the work directory.
 AS_TOKEN = "waldur-test-as-token"
@@ -77,6 +78,16 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppserviceHome
         missing = str(e)
     else:
         missing = None
+    if missing is None:
+        # "Continue with Waldur": the bridge's sign-in provider lives on the AS port, which is
+        # fixed for the session, so Synapse knows its issuer before it starts (Synapse reads
+        # its config only then). Logins back to Synapse itself skip its confirmation page.
+        hs.extra_config = {
+            "oidc_providers": [
+                oidc_provider_config(f"http://127.0.0.1:{as_port}/oidc", OIDC_CLIENT_SECRET)
+            ],
+            "sso": {"client_whitelist": [f"{hs.url}/"]},
+        }
     if missing is not None:
         if _in_ci():
             pytest.fail(missing, pytrace=False)

@@ -19,6 +19,7 @@ that were half-way, which the person repeats.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +37,17 @@ from authlib.oidc.core.grants import OpenIDCode
 from joserfc.jwk import RSAKey
 
 from .settings import SigninClient, SigninSettings
+
+
+class _NoIssuedTokens(logging.Filter):
+    """authlib logs each issued token at DEBUG ("Issue token {...access_token...}"); no
+    secret goes into any log line, at any level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Issue token", "Grant token"))
+
+
+logging.getLogger("authlib.oauth2.rfc6749.grants.authorization_code").addFilter(_NoIssuedTokens())
 
 CODE_TTL = 60.0
 ACCESS_TOKEN_TTL = 300
