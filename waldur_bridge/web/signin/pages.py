@@ -25,9 +25,9 @@ PAGE_HEADERS = {
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:#f3f5f8;
-color:#1b1f24;margin:0;display:flex;min-height:100vh;align-items:center;justify-content:center}
+color:#1b1f24;margin:0;display:flex;min-height:100vh;padding:1.5rem 1rem;box-sizing:border-box}
 main{background:#fff;border-radius:12px;box-shadow:0 2px 12px rgba(0,0,0,.08);
-padding:2rem 2.25rem;width:100%;max-width:24rem;box-sizing:border-box}
+padding:2rem 2.25rem;width:100%;max-width:24rem;box-sizing:border-box;margin:auto}
 h1{font-size:1.4rem;margin:0 0 .25rem}
 p.lead{color:#505a66;margin:0 0 1.5rem}
 label{display:block;font-weight:600;margin:1rem 0 .35rem}
