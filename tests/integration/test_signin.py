@@ -403,3 +403,24 @@ async def test_discovery_and_keys_survive_a_restart(
     await bridge_env.stop()
     await bridge_env.start()
     assert await get("/jwks") == keys
+
+
+async def test_diagnose_checks_the_issuer_and_the_key(bridge_env: BridgeEnv) -> None:
+    from waldur_bridge.diagnostics import CheckFailed, _signin
+
+    await start(bridge_env)
+    detail = await _signin(bridge_env.bridge)
+    kid = bridge_env.bridge.signin._ring.signing.kid
+    assert detail == (
+        f"issuer http://127.0.0.1:{bridge_env.hs.as_port}/oidc, RS256 key {kid} published "
+        "(1 key(s))"
+    )
+    await bridge_env.stop()
+    # A public URL that does not lead to the bridge.
+    await bridge_env.start(
+        **signin_overrides(bridge_env.hs, **{"bridge.signin.public_url": "http://127.0.0.1:1"})
+    )
+    with pytest.raises(CheckFailed) as failed:
+        await _signin(bridge_env.bridge)
+    assert "cannot be fetched" in failed.value.detail
+    assert "bridge.signin.public_url" in failed.value.fix
