@@ -422,7 +422,14 @@ class Config(BaseBridgeConfig):
                 "msc3202_transaction_extensions). Regenerate the registration after changing it."
             )
         problems.extend(self._validate_provisioning())
-        problems.extend(self.signin_settings()[1])
+        signin, signin_problems = self.signin_settings()
+        problems.extend(signin_problems)
+        if signin.enabled and self.get("bridge.user_mapping.mode", "puppet") != "puppet":
+            problems.append(
+                "bridge.signin.enabled: Continue with Waldur signs people in to their puppets, "
+                "and bridge.user_mapping.mode is not puppet (people use their own accounts): "
+                "set bridge.signin.enabled to false."
+            )
         template = self.get("bridge.username_template", "")
         if isinstance(template, str) and "{userid}" not in template:
             problems.append("bridge.username_template: must contain {userid}.")

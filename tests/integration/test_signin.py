@@ -216,6 +216,7 @@ async def test_token_sign_in_and_a_second_sign_in_reuses_the_account(
         assert login["user_id"] == puppet
 
 
+@pytest.mark.parametrize("simulator", ["current", "7.0"], indirect=True)
 async def test_wrong_password_stays_on_the_page_and_stops_below_waldurs_lockout(
     bridge_env: BridgeEnv, http: aiohttp.ClientSession
 ) -> None:
@@ -253,6 +254,7 @@ async def test_no_role_gets_a_clear_page_and_no_code(
     assert "<form" not in page
 
 
+@pytest.mark.parametrize("simulator", ["current", "7.0"], indirect=True)
 async def test_deactivated_user_is_refused(
     bridge_env: BridgeEnv, http: aiohttp.ClientSession
 ) -> None:
@@ -271,6 +273,7 @@ async def test_deactivated_user_is_refused(
     assert "Wrong username or password." in page
 
 
+@pytest.mark.parametrize("simulator", ["current", "7.0"], indirect=True)
 async def test_password_sign_in_switched_off_in_waldur_offers_the_token(
     bridge_env: BridgeEnv, http: aiohttp.ClientSession
 ) -> None:

@@ -439,3 +439,34 @@ def test_page_escapes_and_carries_the_request() -> None:
 
 
 # endregion
+
+
+def test_signin_needs_puppet_mode(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "config.yaml",
+        homeserver_url="http://127.0.0.1:8008",
+        domain="localhost",
+        as_port=29333,
+        waldur_url="http://127.0.0.1:8080",
+        waldur_token="t" * 40,
+        database="sqlite:x.db",
+        as_token="a" * 20,
+        hs_token="h" * 20,
+        overrides={
+            "bridge.signin.enabled": True,
+            "bridge.signin.public_url": "http://127.0.0.1:29333",
+            "bridge.signin.clients": [GOOD_CLIENT],
+            "bridge.user_mapping.mode": "template",
+            "bridge.user_mapping.template": "@{username}:localhost",
+        },
+    )
+    config = Config(str(path), "", BASE_CONFIG)
+    config.load()
+    config.update(save=False)
+    with pytest.raises(ConfigError) as error:
+        config.validate()
+    assert [p for p in error.value.problems if p.startswith("bridge.signin")] == [
+        "bridge.signin.enabled: Continue with Waldur signs people in to their puppets, and "
+        "bridge.user_mapping.mode is not puppet (people use their own accounts): set "
+        "bridge.signin.enabled to false."
+    ]
