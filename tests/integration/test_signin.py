@@ -200,12 +200,18 @@ async def test_password_sign_in_lands_in_the_puppet_with_its_rooms(
             assert secret not in text, f"{record.name} logged a secret: {record.msg}"
 
 
-async def test_token_sign_in_and_a_second_sign_in_reuses_the_account(
+async def test_token_sign_ins_reuse_the_account_and_keep_its_devices_in_bounds(
     bridge_env: BridgeEnv, http: aiohttp.ClientSession
 ) -> None:
-    world = await start(bridge_env)
+    world = make_world(bridge_env.sim)
+    await bridge_env.start(
+        **signin_overrides(bridge_env.hs, **{"bridge.provisioning.max_devices": 2})
+    )
+    await bridge_env.sweep()
+    await bridge_env.portal_room(world.project)
     puppet = bridge_env.puppet(world.alice_name)
-    for _ in range(2):
+    devices: list[str] = []
+    for _ in range(3):
         browser = Browser(http)
         signin = await open_signin_page(bridge_env, browser)
         status, page, callback = await submit(
@@ -214,6 +220,11 @@ async def test_token_sign_in_and_a_second_sign_in_reuses_the_account(
         assert status == 302 and callback, page[:1000]
         login = await finish_at_synapse(bridge_env, browser, callback)
         assert login["user_id"] == puppet
+        devices.append(login["device_id"])
+        listed = await hs_get(http, bridge_env, "/devices", login["access_token"])
+        present = {d["device_id"] for d in listed["devices"]}
+        # At most max_devices: the oldest session made way for the new one.
+        assert present == set(devices[-2:]), (present, devices)
 
 
 @pytest.mark.parametrize("simulator", ["current", "7.0"], indirect=True)

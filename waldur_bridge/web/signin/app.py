@@ -26,6 +26,7 @@ from authlib.oauth2.rfc6749.errors import OAuth2Error
 from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
 from ...db import AuditEntry, Portal as DBPortal, Puppet as DBPuppet, User as DBUser
+from ..devices import DeviceHygiene
 from ..provisioning import WaldurUser, client_key
 from ..proxy import client_address, parse_networks
 from . import credentials, pages
@@ -86,6 +87,15 @@ class SigninService:
         self.secure_cookie = settings.public_url.startswith("https://")
         self.mode = config["bridge.user_mapping.mode"]
         self.displayname_template = config["bridge.displayname_template"]
+        # Each sign-in gives the puppet a new device (Synapse makes it): before the code goes
+        # out, the puppet's devices are tidied as after a provisioning login, leaving room for
+        # the new one within bridge.provisioning.max_devices.
+        max_devices = int(config["bridge.provisioning.max_devices"])
+        self.devices = DeviceHygiene(
+            lambda mxid: bridge.az.intent.user(mxid),
+            max_devices=max(max_devices - 1, 1) if max_devices else 0,
+            max_idle_days=config["bridge.provisioning.device_max_idle_days"],
+        )
         self._session: aiohttp.ClientSession | None = None
         self.app = web.Application(client_max_size=MAX_FORM)
         r = self.app.router
@@ -418,6 +428,7 @@ class SigninService:
                 "The chat server is not answering",
                 "Your account could not be prepared; try again in a minute.",
             ) from None
+        await self.devices.prune(puppet.mxid, keep="")
         return SignedInUser(
             uuid=me.uuid,
             username=me.username,
