@@ -54,6 +54,7 @@ from .synapse import (
     free_port,
     oidc_callback,
     oidc_provider_config,
+    require_oidc,
 )
 from .testing import write_config
 
@@ -312,6 +313,7 @@ class Demo:
     async def start(self) -> None:
         args = self.args
         synapse_python = find_synapse_python()  # before anything starts: say what is missing
+        require_oidc(synapse_python)
         prepare_workdir(self.workdir, args.keep)
         say(f"Demo work directory: {shown_path(self.workdir)}")
 

@@ -438,6 +438,20 @@ def oidc_provider_config(
     return entry
 
 
+def require_oidc(python: str) -> None:
+    """Synapse's OIDC support needs authlib (the oidc extra); say so before Synapse refuses
+    to start over the missing requirement."""
+    probe = subprocess.run(
+        [python, "-c", "import authlib"], capture_output=True, timeout=60, check=False
+    )
+    if probe.returncode != 0:
+        raise SynapseNotInstalled(
+            f"{python} has Synapse without its oidc extra (authlib), which the sign-in "
+            "provider's tests and the demo need: run `make synapse` (scripts/install-synapse.sh "
+            "installs matrix-synapse[oidc]) or pip install 'matrix-synapse[oidc]' there."
+        )
+
+
 def oidc_callback(synapse_url: str) -> str:
     return f"{synapse_url.rstrip('/')}/_synapse/client/oidc/callback"
 

@@ -26,6 +26,7 @@ from waldur_devenv.synapse import (
     find_synapse_python,
     free_port,
     oidc_provider_config,
+    require_oidc,
     write_registration,
 )
 from waldur_devenv.testing import make_registration
@@ -74,6 +75,7 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppserviceHome
     registration_path = write_registration(workdir / "registration.yaml", registration)
     try:
         hs = LocalSynapse(workdir, registration_path=registration_path)
+        require_oidc(hs.python)
     except SynapseNotInstalled as e:
         missing = str(e)
     else:
