@@ -470,3 +470,28 @@ def test_signin_needs_puppet_mode(tmp_path: Path) -> None:
         "bridge.user_mapping.mode is not puppet (people use their own accounts): set "
         "bridge.signin.enabled to false."
     ]
+
+
+def test_client_secrets_are_redacted_from_logs(tmp_path: Path) -> None:
+    from waldur_bridge.logs import config_secrets
+
+    path = write_config(
+        tmp_path / "config.yaml",
+        homeserver_url="http://127.0.0.1:8008",
+        domain="localhost",
+        as_port=29333,
+        waldur_url="http://127.0.0.1:8080",
+        waldur_token="t" * 40,
+        database="sqlite:x.db",
+        as_token="a" * 20,
+        hs_token="h" * 20,
+        overrides={
+            "bridge.signin.enabled": True,
+            "bridge.signin.public_url": "http://127.0.0.1:29333",
+            "bridge.signin.clients": [GOOD_CLIENT],
+        },
+    )
+    config = Config(str(path), "", BASE_CONFIG)
+    config.load()
+    config.update(save=False)
+    assert SECRET in config_secrets(config)
