@@ -286,7 +286,7 @@ async def test_deactivated_user_is_refused(
 
 @pytest.mark.parametrize("simulator", ["current", "7.0"], indirect=True)
 async def test_password_sign_in_switched_off_in_waldur_offers_the_token(
-    bridge_env: BridgeEnv, http: aiohttp.ClientSession
+    bridge_env: BridgeEnv, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     world = await start(bridge_env)
     bridge_env.sim.local_signin_enabled = False
@@ -295,6 +295,7 @@ async def test_password_sign_in_switched_off_in_waldur_offers_the_token(
     status, page, _ = await submit(signin, "password", username=world.alice_name, password="x")
     assert status == 401
     assert "does not allow signing in with a password here" in page
+    assert "set bridge.signin.methods to [token]" in caplog.text
     signin.page = page
     status, _, callback = await submit(
         signin, "token", token=bridge_env.sim.token_for(world.alice)

@@ -97,6 +97,7 @@ class SigninService:
             max_idle_days=config["bridge.provisioning.device_max_idle_days"],
         )
         self._session: aiohttp.ClientSession | None = None
+        self._warned_password_disabled = False
         self.app = web.Application(client_max_size=MAX_FORM)
         r = self.app.router
         r.add_get("/.well-known/openid-configuration", self.discovery)
@@ -318,8 +319,24 @@ class SigninService:
                 method,
                 f", username {username!r}" if username and method == "password" else "",
             )
-            if refused.kind == "password_disabled" and "token" in self.settings.methods:
-                return again(refused.message, 401)
+            if refused.kind == "password_disabled":
+                # The operator can fix this for everyone: say it once per start.
+                if not self._warned_password_disabled:
+                    self._warned_password_disabled = True
+                    log.warning(
+                        "Waldur refuses password sign-in (local sign-in is disabled there): "
+                        "set bridge.signin.methods to [token]"
+                    )
+                if "token" in self.settings.methods:
+                    return again(refused.message, 401)
+                return self._stop_page(
+                    Stop(
+                        403,
+                        "Password sign-in is off",
+                        f"{self.settings.site_name} does not allow signing in with a password. "
+                        "Ask the site's administrators to offer sign-in with an API token.",
+                    )
+                )
             if refused.kind == "inactive":
                 return self._stop_page(Stop(403, "Your account is not active", refused.message))
             return again(refused.message, 503 if refused.kind == "unavailable" else 401)
