@@ -194,6 +194,18 @@ async def test_password_sign_in_lands_in_the_puppet_with_its_rooms(
         *bridge_env.bridge.signin.provider.access_tokens._items,
     ]
     assert len(never_logged) == 4  # the access token Synapse got
+    # That access token opens userinfo (and nothing but the claims comes back).
+    userinfo = f"http://127.0.0.1:{bridge_env.hs.as_port}/oidc/userinfo"
+    async with http.get(userinfo, headers={"Authorization": f"Bearer {never_logged[3]}"}) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {
+            "sub": world.alice,
+            "preferred_username": f"waldur_{world.alice_name}",
+            "name": "Alice Archer",
+            "email": "alice@acme.example",
+        }
+    async with http.get(userinfo, headers={"Authorization": "Bearer wrong"}) as resp:
+        assert resp.status == 401
     for record in caplog.records:
         text = f"{record.getMessage()} {record.exc_text or ''} {record.args!r}"
         for secret in never_logged:
