@@ -62,6 +62,7 @@ class Browser:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
         self.cookies: dict[str, dict[str, str]] = {}
+        self.headers: dict[str, str] = {}
 
     async def request(
         self, method: str, url: str, data: dict[str, str] | None = None
@@ -74,6 +75,7 @@ class Browser:
         ) as resp:
             for cookie in resp.cookies.values():
                 jar[cookie.key] = cookie.value
+            self.headers = dict(resp.headers)
             return resp.status, await resp.text(), resp.headers.get("Location")
 
 
@@ -109,6 +111,11 @@ async def open_signin_page(env: BridgeEnv, browser: Browser) -> SignIn:
     status, page, _ = await browser.request("GET", location)
     assert status == 200, page
     assert "Sign in with Acme Waldur" in page
+    # Never framed (a password form), never cached, no scripts.
+    assert browser.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in browser.headers["Content-Security-Policy"]
+    assert "script-src" not in browser.headers["Content-Security-Policy"]
+    assert browser.headers["Cache-Control"] == "no-store"
     return SignIn(browser, page, form_action(page))
 
 
