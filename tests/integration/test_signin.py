@@ -400,6 +400,22 @@ async def test_a_tampered_state_is_refused_by_synapse(
     assert "loginToken" not in page
 
 
+async def test_an_oversized_form_is_refused(
+    bridge_env: BridgeEnv, http: aiohttp.ClientSession
+) -> None:
+    world = await start(bridge_env)
+    browser = Browser(http)
+    signin = await open_signin_page(bridge_env, browser)
+    fields = {
+        **form_fields(signin.page, "password"),
+        "username": world.alice_name,
+        "password": "x" * 20000,
+    }
+    status, page, location = await browser.request("POST", signin.action, fields)
+    assert (status, location) == (413, None)
+    assert "The form was too large." in page
+
+
 async def test_csrf_token_must_match_the_browser(
     bridge_env: BridgeEnv, http: aiohttp.ClientSession
 ) -> None:

@@ -98,7 +98,7 @@ class SigninService:
         )
         self._session: aiohttp.ClientSession | None = None
         self._warned_password_disabled = False
-        self.app = web.Application(client_max_size=MAX_FORM)
+        self.app = web.Application()
         r = self.app.router
         r.add_get("/.well-known/openid-configuration", self.discovery)
         r.add_get("/jwks", self.jwks)
@@ -250,10 +250,15 @@ class SigninService:
         return self._with_browser_cookie(self._page(pages.signin_page(form)), browser)
 
     async def authorize_submit(self, request: web.Request) -> web.Response:
+        too_large = Stop(413, "Too much data", "The form was too large.")
+        # The appservice's application made the request object, so its 1 MiB limit applies,
+        # not this sub-application's: the form's own limit is checked here.
+        if request.content_length is None or request.content_length > MAX_FORM:
+            return self._stop_page(too_large)
         try:
             form = await request.post()
         except web.HTTPRequestEntityTooLarge:
-            return self._stop_page(Stop(413, "Too much data", "The form was too large."))
+            return self._stop_page(too_large)
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         query = fields.get("request", "")
         params = {k: v for k, v in parse_qsl(query) if k in AUTHORIZE_PARAMS}
