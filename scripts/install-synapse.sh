@@ -11,9 +11,11 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${SYNAPSE_VENV:-$repo_root/.venv-synapse}"
 python="${PYTHON:-python3}"
-spec="matrix-synapse>=1.120,<2"
+# The oidc extra (authlib): the tests and the demo sign people in through the bridge's
+# OpenID Connect provider ("Continue with Waldur").
+spec="matrix-synapse[oidc]>=1.120,<2"
 
-if ! "$venv/bin/python" -c "import synapse" >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c "import synapse, authlib" >/dev/null 2>&1; then
     if [ ! -x "$venv/bin/python" ]; then
         "$python" -m venv "$venv"
     fi

@@ -37,6 +37,7 @@ from .user import User
 from .waldur import WaldurClient
 from .waldur_access import WaldurAccess
 from .web import WebhookReceiver, mount_web
+from .web.signin import SigninService
 
 # Longest clean stop before the process exits anyway (an operator's SIGTERM must work).
 STOP_TIMEOUT = 30
@@ -61,6 +62,7 @@ class WaldurBridge(Bridge):
     sync: SyncService
     management: ManagementRoom
     webhook: WebhookReceiver | None = None
+    signin: SigninService | None = None
     leadership: Leadership
     room_command_limiter: RateLimiter
     room_versions: RoomVersions
@@ -149,6 +151,9 @@ class WaldurBridge(Bridge):
     async def start(self) -> None:
         await super().start()
         await self.matrix.prune_transactions()
+        if self.signin is not None:
+            # The signing key exists from the first start on (made here once).
+            await self.signin.start()
         try:
             await self.management.ensure()
         except Exception as e:

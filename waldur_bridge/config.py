@@ -227,7 +227,23 @@ class Config(BaseBridgeConfig):
         finally:
             self.env = env
             self.secrets = secret_values
+        self._resolve_client_secrets()
         self.pending_save = save
+
+    def _resolve_client_secrets(self) -> None:
+        """Sign-in clients' secrets from the environment (their keys sit inside a list)."""
+        from .web.signin.settings import secret_key
+
+        clients = self.get("bridge.signin.clients", []) or []
+        for client in clients if isinstance(clients, list) else []:
+            client_id = client.get("client_id") if isinstance(client, dict) else None
+            if not isinstance(client_id, str) or not client_id:
+                continue
+            secret, problem = secret_sources.resolve_key(os.environ, secret_key(client_id))
+            if secret is not None:
+                self.secrets[secret.key] = secret
+            if problem is not None:
+                self._secret_problems.append(problem)
 
     def save_validated(self) -> bool:
         """Write the merged config if it differs from the file; whether it was written."""
@@ -406,6 +422,14 @@ class Config(BaseBridgeConfig):
                 "msc3202_transaction_extensions). Regenerate the registration after changing it."
             )
         problems.extend(self._validate_provisioning())
+        signin, signin_problems = self.signin_settings()
+        problems.extend(signin_problems)
+        if signin.enabled and self.get("bridge.user_mapping.mode", "puppet") != "puppet":
+            problems.append(
+                "bridge.signin.enabled: Continue with Waldur signs people in to their puppets, "
+                "and bridge.user_mapping.mode is not puppet (people use their own accounts): "
+                "set bridge.signin.enabled to false."
+            )
         template = self.get("bridge.username_template", "")
         if isinstance(template, str) and "{userid}" not in template:
             problems.append("bridge.username_template: must contain {userid}.")
@@ -462,6 +486,16 @@ class Config(BaseBridgeConfig):
         _, _, server = mxid.partition(":")
         level = permissions.get(mxid) or permissions.get(server) or permissions.get("*") or ""
         return level in PERMISSION_LEVELS, level == "admin", level
+
+    def signin_settings(self) -> Any:
+        """``bridge.signin`` read (a SigninSettings) and the problems with it."""
+        from .web.signin.settings import read_settings
+
+        def secret(key: str) -> str | None:
+            found = self.secrets.get(key)
+            return found.value if found is not None else None
+
+        return read_settings(self.get, secret)
 
     @property
     def webhook_path(self) -> str:

@@ -59,6 +59,7 @@ async def run_diagnostics(bridge: WaldurBridge) -> list[Check]:
         ("Instances", lambda: describe_instances()),
         ("Rooms", lambda: _rooms()),
         ("Encryption", lambda: _encryption(bridge)),
+        ("Sign-in provider", lambda: _signin(bridge)),
     ]
 
     async def run(name: str, check: Callable[[], Awaitable[str]]) -> Check:
@@ -252,3 +253,43 @@ def format_report(checks: list[Check]) -> str:
             line += f" — *Fix:* {check.fix}"
         lines.append(line)
     return "\n".join(lines)
+
+
+async def _signin(bridge: WaldurBridge) -> str:
+    """The issuer answers at its public URL with itself as issuer, and the signing key is
+    published there (what the homeserver fetches at each sign-in)."""
+    import aiohttp
+
+    service = bridge.signin
+    if service is None:
+        return "off (bridge.signin.enabled is false)"
+    issuer = service.settings.issuer
+    ring = await service.start()
+    url = f"{issuer}/.well-known/openid-configuration"
+    fix = (
+        "bridge.signin.public_url must be the URL at which browsers and the homeserver reach "
+        "the bridge's web server (appservice.port), through your reverse proxy if there is one."
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, allow_redirects=False) as resp:
+                discovery = await resp.json(content_type=None) if resp.status == 200 else None
+                status = resp.status
+            jwks_url = discovery.get("jwks_uri") if isinstance(discovery, dict) else None
+            keys: Any = None
+            if isinstance(jwks_url, str):
+                async with http.get(jwks_url, allow_redirects=False) as resp:
+                    keys = await resp.json(content_type=None) if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        raise CheckFailed(f"{url} cannot be fetched: {e}", fix) from None
+    if not isinstance(discovery, dict) or discovery.get("issuer") != issuer:
+        said = f"HTTP {status}" if discovery is None else f"issuer {discovery.get('issuer')!r}"
+        raise CheckFailed(f"{url} answered {said}, expected issuer {issuer}", fix)
+    kid = ring.signing.kid
+    published = [k.get("kid") for k in (keys or {}).get("keys", []) if isinstance(k, dict)]
+    if kid not in published:
+        raise CheckFailed(
+            f"the signing key {kid} is not in {jwks_url}",
+            "Check that the reverse proxy passes /oidc/ to this bridge instance.",
+        )
+    return f"issuer {issuer}, RS256 key {kid} published ({len(published)} key(s))"

@@ -168,6 +168,10 @@ def config_secrets(config: Mapping[str, Any] | Any) -> list[str]:
             continue
         if isinstance(value, str):
             values.append(value)
+    signin = getattr(config, "signin_settings", None)
+    if callable(signin):
+        # The sign-in clients' secrets sit inside a list, out of SECRET_KEYS' reach.
+        values.extend(c.client_secret for c in signin()[0].clients.values())
     return values
 
 

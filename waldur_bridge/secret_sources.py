@@ -13,6 +13,7 @@ config file (which keeps whatever it had).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ SECRET_KEYS = (
 
 
 def env_name(key: str) -> str:
-    return ENV_PREFIX + key.replace(".", "_").upper()
+    # Anything but letters and digits becomes "_" (a sign-in client ID may hold "-").
+    return ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", key).upper()
 
 
 @dataclass(frozen=True)
@@ -52,26 +54,33 @@ def resolve(environ: Mapping[str, str]) -> tuple[dict[str, Secret], list[SecretP
     found: dict[str, Secret] = {}
     problems: list[SecretProblem] = []
     for key in SECRET_KEYS:
-        name = env_name(key)
-        file_name = f"{name}_FILE"
-        if environ.get(file_name):
-            path = Path(environ[file_name])
-            try:
-                value = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as e:
-                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                problems.append(
-                    SecretProblem(key, f"{file_name}={path} cannot be read ({reason}).")
-                )
-                continue
-            if not value:
-                problems.append(SecretProblem(key, f"{file_name}={path} is empty."))
-                continue
-            found[key] = Secret(key, value, f"{file_name}={path}")
-        elif name in environ:
-            value = environ[name].strip()
-            if not value:
-                problems.append(SecretProblem(key, f"{name} is set but empty."))
-                continue
-            found[key] = Secret(key, value, name)
+        secret, problem = resolve_key(environ, key)
+        if secret is not None:
+            found[key] = secret
+        if problem is not None:
+            problems.append(problem)
     return found, problems
+
+
+def resolve_key(
+    environ: Mapping[str, str], key: str
+) -> tuple[Secret | None, SecretProblem | None]:
+    """One secret by its dotted key (also keys inside lists, such as the sign-in clients')."""
+    name = env_name(key)
+    file_name = f"{name}_FILE"
+    if environ.get(file_name):
+        path = Path(environ[file_name])
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            return None, SecretProblem(key, f"{file_name}={path} cannot be read ({reason}).")
+        if not value:
+            return None, SecretProblem(key, f"{file_name}={path} is empty.")
+        return Secret(key, value, f"{file_name}={path}"), None
+    if name in environ:
+        value = environ[name].strip()
+        if not value:
+            return None, SecretProblem(key, f"{name} is set but empty.")
+        return Secret(key, value, name), None
+    return None, None

@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -41,13 +42,19 @@ from mautrix.util.config import yaml
 
 from waldur_bridge.identity import puppet_mxid
 from waldur_simulator import WaldurSimulator, seed_demo
+from waldur_simulator.seed import demo_password
 
+from . import signin_flow
 from .synapse import (
+    OIDC_CLIENT_ID,
     LocalSynapse,
     SynapseNotInstalled,
     SynapseStartError,
     find_synapse_python,
     free_port,
+    oidc_callback,
+    oidc_provider_config,
+    require_oidc,
 )
 from .testing import write_config
 
@@ -290,6 +297,13 @@ class Demo:
         self.management_room_id: str | None = None
         self.timings: dict[str, float] = {}
         self._t0 = time.monotonic()
+        # The homeserver's client secret at the bridge's sign-in provider.
+        self.oidc_secret = secrets.token_hex(24)
+        self.signin_result: dict[str, Any] | None = None
+
+    @property
+    def bridge_url(self) -> str:
+        return f"http://127.0.0.1:{self.bridge_port}"
 
     def _mark(self, what: str) -> None:
         self.timings[what] = round(time.monotonic() - self._t0, 2)
@@ -299,6 +313,7 @@ class Demo:
     async def start(self) -> None:
         args = self.args
         synapse_python = find_synapse_python()  # before anything starts: say what is missing
+        require_oidc(synapse_python)
         prepare_workdir(self.workdir, args.keep)
         say(f"Demo work directory: {shown_path(self.workdir)}")
 
@@ -322,6 +337,14 @@ class Demo:
             port=synapse_port,
             registration_path=self.registration_path,
             python=synapse_python,
+            extra_config={
+                # "Continue with Waldur": the bridge is this homeserver's OIDC provider.
+                "oidc_providers": [
+                    oidc_provider_config(
+                        f"{self.bridge_url}/oidc", self.oidc_secret, site_name="Waldur (demo)"
+                    )
+                ],
+            },
         )
         say(f"  starting Synapse ({self.synapse.python}) on {self.synapse.url} ...")
         await self.synapse.start()
@@ -355,6 +378,16 @@ class Demo:
             "waldur.sweep_interval": 300,
             # The log goes to a file: no colour codes.
             "logging.handlers.console.formatter": "normal",
+            "bridge.signin.enabled": True,
+            "bridge.signin.public_url": self.bridge_url,
+            "bridge.signin.site_name": "Waldur (demo)",
+            "bridge.signin.clients": [
+                {
+                    "client_id": OIDC_CLIENT_ID,
+                    "client_secret": self.oidc_secret,
+                    "redirect_uris": [oidc_callback(f"http://127.0.0.1:{synapse_port}")],
+                }
+            ],
         }
         write_config(
             self.config_path,
@@ -525,6 +558,23 @@ class Demo:
         )
         return result
 
+    async def sign_in_check(self) -> dict[str, Any]:
+        """Bob signs in through Synapse's "Continue with Waldur" with his Waldur password."""
+        assert self.synapse is not None and self.session is not None
+        started = time.monotonic()
+        expected = f"@waldur_bob:{SERVER_NAME}"
+        try:
+            login = await signin_flow.sign_in(
+                self.session, self.synapse.url, username="bob", password=demo_password("bob")
+            )
+        except (RuntimeError, aiohttp.ClientError, StopIteration) as e:
+            return {"ok": False, "error": str(e)}
+        return {
+            "ok": login.get("user_id") == expected,
+            "user_id": login.get("user_id"),
+            "seconds": round(time.monotonic() - started, 2),
+        }
+
     async def summary(self, ok: bool, live: dict[str, Any] | None) -> dict[str, Any]:
         assert self.sim is not None and self.synapse is not None and self.hs is not None
         management: dict[str, Any] = {"alias": MANAGEMENT_ROOM, "room_id": self.management_room_id}
@@ -556,6 +606,7 @@ class Demo:
                 for p in self.projects
             ],
             "live_change": live,
+            "signin": self.signin_result,
             "seconds": self.timings,
         }
 
@@ -633,6 +684,17 @@ class Demo:
             "  (also !orders, !members, !help). Log the session out again with:",
             '  curl -s -X POST -H "Authorization: Bearer $TOKEN" \\',
             f"       http://127.0.0.1:{self.bridge_port}/_matrix/provision/v1/logout",
+            "",
+            '"Continue with Waldur": sign in to your puppet with your Waldur account. Open',
+            f"  {signin_flow.sso_start_url(hs, hs + '/_matrix/client/versions')}",
+            f"  in a browser and sign in as bob / {demo_password('bob')} (every seeded person",
+            "  is <name> / <name>-password; or paste a Waldur API token). Synapse asks to",
+            "  continue, then the address bar holds",
+            "  ?loginToken=...; a Matrix client exchanges it for a session of @waldur_bob:",
+            '  curl -s -X POST -d \'{"type": "m.login.token", "token": "<loginToken>"}\' \\',
+            f"       {hs}/_matrix/client/v3/login",
+            f"  In Element Desktop with homeserver {hs} the same is the button 'Continue with",
+            "  Waldur (demo)' on the sign-in screen.",
             "",
             "Files:",
             f"  bridge config        {config}",
@@ -731,6 +793,9 @@ async def run(args: argparse.Namespace) -> int:
             live = await demo.live_change() if ok else None
             demo._mark("live_change")
             ok = ok and bool(live and live["ok"])
+            demo.signin_result = await demo.sign_in_check() if ok else None
+            demo._mark("signin")
+            ok = ok and bool(demo.signin_result and demo.signin_result["ok"])
             emit(json.dumps(await demo.summary(ok, live), indent=2))
             if not ok:
                 say("error: the demo did not reach the expected state")

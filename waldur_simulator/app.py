@@ -50,6 +50,8 @@ class WaldurApi:
         g, p = web.get, web.post
         u = "{uuid}"
         return [
+            # Password sign-in: no token needed (outside /api/, like Waldur's api-auth/).
+            p("/api-auth/password/", self.password_login),
             g("/api/users/me/", self.users_me),
             g("/api/users/", self.users_list),
             g(f"/api/users/{u}/", self.user_detail),
@@ -159,6 +161,21 @@ class WaldurApi:
         return json_response(select_fields(request, data))
 
     # ------------------------------------------------------------------ users
+
+    async def password_login(self, request: web.Request) -> web.Response:
+        if request.content_type == "application/json":
+            try:
+                body = await request.json()
+            except ValueError:
+                body = {}
+        else:
+            body = dict(await request.post())
+        if not isinstance(body, dict):
+            body = {}
+        status, data = self.state.password_login(
+            body.get("username"), body.get("password"), request.remote or "127.0.0.1"
+        )
+        return json_response(data, status=status)
 
     async def users_me(self, request: web.Request) -> web.Response:
         user = self.viewer(request)

@@ -9,6 +9,10 @@ from typing import Any
 from .state import SimulatorState
 
 
+def demo_password(username: str) -> str:
+    return f"{username}-password"
+
+
 def seed_demo(sim: SimulatorState) -> dict[str, dict[str, str]]:
     """Two organizations, four projects, six users with mixed roles, orders and resources.
 
@@ -38,6 +42,9 @@ def seed_demo(sim: SimulatorState) -> dict[str, dict[str, str]]:
         "frank": ("Frank Fischer", "frank@helix.example"),
     }
     users = {name: sim.add_user(name, full, email) for name, (full, email) in people.items()}
+    # Everyone can sign in with a password (the sign-in page of the demo): <name>-password.
+    for name, uuid in users.items():
+        sim.set_password(uuid, demo_password(name))
 
     sim.grant(users["alice"], customers["northwind"], "CUSTOMER.OWNER")
     sim.grant(users["bob"], projects["telescope"], "PROJECT.ADMIN")

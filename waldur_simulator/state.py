@@ -70,6 +70,12 @@ class SimulatorState:
         self.hooks: dict[str, Hook] = {}
         self.tokens: dict[str, Token] = {}
         self._token_of_user: dict[str, str] = {}
+        # Password sign-in (POST /api-auth/password/): salted hashes by user uuid, the
+        # failures per (username, address) with when they are forgotten, and the site switch.
+        self._passwords: dict[str, tuple[bytes, bytes]] = {}
+        self._signin_failures: dict[tuple[str, str], tuple[int, float]] = {}
+        self.local_signin_enabled = True
+        self.password_logins = 0
         self._slugs: dict[str, int] = {}
         self._grant_seq = 0
         self._last_ts = 0.0
@@ -304,6 +310,63 @@ class SimulatorState:
             self.tokens[key] = Token(key=key, user=user, created=self._clock())
             self._token_of_user[user.uuid] = key
         return key
+
+    def set_password(self, user_uuid: str, password: str | None) -> None:
+        """Give a user a password (None: none, as for people who sign in through an IdP)."""
+        user = self.user(user_uuid)
+        if password is None:
+            self._passwords.pop(user.uuid, None)
+            return
+        salt = secrets.token_bytes(16)
+        self._passwords[user.uuid] = (salt, _hash_password(salt, password))
+
+    def password_login(
+        self, username: Any, password: Any, source_ip: str
+    ) -> tuple[int, dict[str, Any]]:
+        """What Waldur's ObtainAuthToken answers (7.0.7 and current code read alike).
+
+        Local sign-in off: 401. A missing field: 401 with field errors. Four failures for a
+        username from one address lock that pair out for 10 minutes (every failure renews the
+        10 minutes, as Django's cache.set does). Django's ModelBackend refuses inactive users
+        like wrong passwords. Success answers the user's token, refreshed.
+        """
+        if not self.local_signin_enabled:
+            return 401, {
+                "detail": "Authentication method is disabled. "
+                "Please use another authentication method or contact staff."
+            }
+        missing = {
+            name: ["This field is required."]
+            for name, value in (("username", username), ("password", password))
+            if not isinstance(value, str) or not value
+        }
+        if missing:
+            return 401, missing
+        key = (username, source_ip)
+        now = self._clock()
+        failures, until = self._signin_failures.get(key, (0, 0.0))
+        if until <= now:
+            failures = 0
+        if failures >= 4:
+            return 401, {"detail": "Username is locked out. Try in 10 minutes."}
+        user = self.users_by_username.get(username)
+        stored = self._passwords.get(user.uuid) if user is not None else None
+        valid = (
+            user is not None
+            and user.is_active
+            and stored is not None
+            and secrets.compare_digest(stored[1], _hash_password(stored[0], password))
+        )
+        if not valid:
+            self._signin_failures[key] = (failures + 1, now + 600)
+            dot = "" if self.generation == "7.0" else "."
+            return 401, {"detail": f"Invalid username/password{dot}"}
+        assert user is not None
+        self._signin_failures.pop(key, None)
+        self.password_logins += 1
+        key_text = self.token_for(user.uuid)
+        self.tokens[key_text].created = now  # refresh_token(): a fresh lifetime
+        return 200, {"token": key_text}
 
     def expire_token(self, user_uuid: str) -> None:
         """Age the user's token past its lifetime (no effect when token_lifetime is None)."""
@@ -871,3 +934,9 @@ def _project_ctx(prefix: str, project: Project) -> dict[str, Any]:
         f"{prefix}_name": project.name,
         f"{prefix}_end_date": project.end_date,
     }
+
+
+def _hash_password(salt: bytes, password: str) -> bytes:
+    import hashlib
+
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 1000)

@@ -25,12 +25,14 @@ from waldur_devenv.synapse import (
     SynapseNotInstalled,
     find_synapse_python,
     free_port,
+    oidc_provider_config,
+    require_oidc,
     write_registration,
 )
 from waldur_devenv.testing import make_registration
 from waldur_simulator import WaldurSimulator
 
-from .helpers import BridgeEnv
+from .helpers import OIDC_CLIENT_SECRET, BridgeEnv
 
 # Fixed so that a failing run can be replayed by hand against the logs in the work directory.
 AS_TOKEN = "waldur-test-as-token"
@@ -73,10 +75,21 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppserviceHome
     registration_path = write_registration(workdir / "registration.yaml", registration)
     try:
         hs = LocalSynapse(workdir, registration_path=registration_path)
+        require_oidc(hs.python)
     except SynapseNotInstalled as e:
         missing = str(e)
     else:
         missing = None
+    if missing is None:
+        # "Continue with Waldur": the bridge's sign-in provider lives on the AS port, which is
+        # fixed for the session, so Synapse knows its issuer before it starts (Synapse reads
+        # its config only then). Logins back to Synapse itself skip its confirmation page.
+        hs.extra_config = {
+            "oidc_providers": [
+                oidc_provider_config(f"http://127.0.0.1:{as_port}/oidc", OIDC_CLIENT_SECRET)
+            ],
+            "sso": {"client_whitelist": [f"{hs.url}/"]},
+        }
     if missing is not None:
         if _in_ci():
             pytest.fail(missing, pytrace=False)

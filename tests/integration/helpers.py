@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from waldur_bridge.sync.changes import WEBHOOK_EVENTS
-from waldur_devenv.synapse import AppserviceHomeserver
+from waldur_devenv.synapse import OIDC_CLIENT_ID, AppserviceHomeserver, oidc_callback
 from waldur_devenv.testing import BridgeRunner, write_config
 from waldur_simulator import WaldurSimulator
 
@@ -31,6 +31,27 @@ FAST_FEEDS = {
     "bridge.membership.settle_seconds": 0.5,
     "bridge.membership.settle_max_wait": 2.0,
 }
+
+
+# The session Synapse's client secret for the bridge's sign-in provider (conftest).
+OIDC_CLIENT_SECRET = "waldur-test-oidc-client-secret"
+
+
+def signin_overrides(hs: AppserviceHomeserver, **extra: Any) -> dict[str, Any]:
+    """Bridge config that turns on the sign-in provider the session Synapse is set up for."""
+    return {
+        "bridge.signin.enabled": True,
+        "bridge.signin.public_url": f"http://127.0.0.1:{hs.as_port}",
+        "bridge.signin.site_name": "Acme Waldur",
+        "bridge.signin.clients": [
+            {
+                "client_id": OIDC_CLIENT_ID,
+                "client_secret": OIDC_CLIENT_SECRET,
+                "redirect_uris": [oidc_callback(hs.url)],
+            }
+        ],
+        **extra,
+    }
 
 
 class BridgeEnv:

@@ -81,6 +81,13 @@ def test_demo_check_brings_up_every_portal_with_its_team(tmp_path: Path) -> None
     # A grant and a revoke through the simulator's REST API reach the room.
     live = summary["live_change"]
     assert live["webhook_registered"] and live["joined"] and live["left"], live
+    # "Continue with Waldur": Bob signs in through Synapse with his Waldur password and is his
+    # puppet (Synapse's confirmation page included: the demo whitelists no client).
+    assert summary["signin"] == {
+        "ok": True,
+        "user_id": "@waldur_bob:localhost",
+        "seconds": summary["signin"]["seconds"],
+    }
 
     # Everything it started is stopped, with a clean bridge shutdown, and the files are where
     # the guide says.

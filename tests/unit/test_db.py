@@ -159,7 +159,13 @@ async def test_space_rows_roundtrip(database: Database) -> None:
 
 async def _back_to_revision_1(database: Database) -> None:
     """Undo every step after revision 1, leaving the schema of the first release."""
-    for table in ("portal_decoration", "space_member", "customer_space", "bridge_instance"):
+    for table in (
+        "portal_decoration",
+        "space_member",
+        "customer_space",
+        "bridge_instance",
+        "signin_key",
+    ):
         await database.execute(f"DROP TABLE {table}")
     await database.execute(
         "CREATE TABLE customer_space (customer_uuid TEXT PRIMARY KEY, "
@@ -200,3 +206,29 @@ async def test_upgrade_from_revision_1_adds_the_portal_alias(database: Database)
     old.alias = "#waldur_p1:localhost"
     await old.save()
     assert (await Portal.get_by_project("p1")).alias == "#waldur_p1:localhost"
+
+
+async def test_signin_keys_are_made_once_and_kept(database: Database) -> None:
+    """The first start makes the key; later starts (and a second instance) load the same one."""
+    from waldur_bridge.db import SigninKey
+    from waldur_bridge.web.signin.keys import KeyStore
+
+    first = await KeyStore().ring()
+    again = await KeyStore().ring()
+    assert [k.kid for k in again.keys] == [first.signing.kid]
+    assert again.signing.as_dict(private=True) == first.signing.as_dict(private=True)
+    rows = await SigninKey.all()
+    assert [(r.kid, r.algorithm) for r in rows] == [(first.signing.kid, "RS256")]
+    public = again.jwks()["keys"][0]
+    assert public["kid"] == first.signing.kid and "d" not in public
+
+
+async def test_upgrade_from_revision_4_adds_signin_keys(database: Database) -> None:
+    from waldur_bridge.db import SigninKey
+
+    await database.execute("DROP TABLE signin_key")
+    await database.execute("UPDATE version SET version=4")
+    await database.upgrade_table.upgrade(database)
+    assert await database.fetchval("SELECT version FROM version") == LATEST_REVISION == 5
+    await SigninKey.add("k1", "RS256", "{}")
+    assert [r.kid for r in await SigninKey.all()] == ["k1"]

@@ -684,3 +684,56 @@ async def test_images_of_projects_and_organizations(
     assert (await api.get(f"/api/projects/{w['apollo']}/"))["image"] is None
     async with http.get(f"{sim.url}{path}") as resp:
         assert resp.status == 404
+
+
+# ---------------------------------------------------------------------- password sign-in
+
+
+async def test_password_sign_in_like_obtain_auth_token(
+    sim: WaldurSimulator, http: aiohttp.ClientSession
+) -> None:
+    alice = sim.add_user("alice_pw", "Alice Archer")
+    sim.set_password(alice, "right horse")
+    url = f"{sim.url}/api-auth/password/"
+
+    async def login(username: str, password: str) -> tuple[int, Any]:
+        async with http.post(url, json={"username": username, "password": password}) as resp:
+            return resp.status, await resp.json()
+
+    status, body = await login("alice_pw", "right horse")
+    assert status == 200 and body["token"] == sim.token_for(alice)
+    async with http.get(
+        f"{sim.url}/api/users/me/", headers={"Authorization": f"Token {body['token']}"}
+    ) as resp:
+        assert (await resp.json())["username"] == "alice_pw"
+    dot = "" if sim.generation == "7.0" else "."
+    for _ in range(4):
+        assert await login("alice_pw", "wrong") == (
+            401,
+            {"detail": f"Invalid username/password{dot}"},
+        )
+    # Locked: even the right password is refused for 10 minutes from this address.
+    status, body = await login("alice_pw", "right horse")
+    assert (status, body["detail"]) == (401, "Username is locked out. Try in 10 minutes.")
+    sim.advance_clock(601)
+    assert (await login("alice_pw", "right horse"))[0] == 200
+
+    async with http.post(url, json={"username": "alice_pw"}) as resp:
+        assert resp.status == 401 and await resp.json() == {
+            "password": ["This field is required."]
+        }
+    sim.deactivate_user(alice)
+    assert (await login("alice_pw", "right horse"))[0] == 401
+    sim.local_signin_enabled = False
+    status, body = await login("alice_pw", "right horse")
+    assert status == 401 and body["detail"].startswith("Authentication method is disabled.")
+
+
+async def test_a_user_without_password_cannot_sign_in(simcur: WaldurSimulator) -> None:
+    bob = simcur.add_user("bob_idp", "Bob Baker")
+    assert simcur.password_login("bob_idp", "", "10.0.0.1")[0] == 401
+    assert simcur.password_login("bob_idp", "anything", "10.0.0.1")[0] == 401
+    simcur.set_password(bob, "pw-1")
+    assert simcur.password_login("bob_idp", "pw-1", "10.0.0.1")[0] == 200
+    simcur.set_password(bob, None)
+    assert simcur.password_login("bob_idp", "pw-1", "10.0.0.1")[0] == 401

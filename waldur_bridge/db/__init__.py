@@ -12,6 +12,7 @@ from .instance import BridgeInstance
 from .member import PortalMember
 from .portal import Portal
 from .puppet import Puppet
+from .signin_key import SigninKey, SigninKeyRow
 from .space import CustomerSpace, PortalDecoration, SpaceMember
 from .state import BridgeState
 from .txn import AppserviceTxn
@@ -35,6 +36,8 @@ __all__ = [
     "PortalDecoration",
     "PortalMember",
     "Puppet",
+    "SigninKey",
+    "SigninKeyRow",
     "SpaceMember",
     "User",
     "init",

@@ -29,6 +29,11 @@ def mount_web(bridge: WaldurBridge) -> None:
         from .provisioning import mount_provisioning
 
         mount_provisioning(bridge)
+    settings, _problems = config.signin_settings()
+    if settings.enabled:
+        from .signin import mount_signin
+
+        bridge.signin = mount_signin(bridge, settings)
 
 
 __all__ = ["WebhookReceiver", "mount_web"]

@@ -12,4 +12,5 @@ from . import (  # noqa: E402,F401
     v02_spaces,
     v03_bridge_instance,
     v04_portal_alias,
+    v05_signin_keys,
 )

@@ -6,7 +6,7 @@ from mautrix.util.async_db import Connection, Scheme
 
 from . import upgrade_table
 
-LATEST_REVISION = 4
+LATEST_REVISION = 5
 
 
 @upgrade_table.register(description="Latest revision", upgrades_to=LATEST_REVISION)
@@ -138,6 +138,7 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
     )
 
     await create_bridge_instance(conn)
+    await create_signin_key(conn)
 
 
 async def create_decorations(conn: Connection) -> None:
@@ -182,5 +183,19 @@ async def create_bridge_instance(conn: Connection) -> None:
             role         TEXT NOT NULL,
             started_at   BIGINT NOT NULL,
             heartbeat_at BIGINT NOT NULL
+        )"""
+    )
+
+
+async def create_signin_key(conn: Connection) -> None:
+    """The table new in v5 (shared with its upgrade step)."""
+    # Keys that sign the sign-in provider's ID tokens, by key ID: the newest signs, all are
+    # published (so a second key can be added before the first is retired).
+    await conn.execute(
+        """CREATE TABLE signin_key (
+            kid         TEXT PRIMARY KEY,
+            algorithm   TEXT NOT NULL,
+            private_jwk TEXT NOT NULL,
+            created_at  BIGINT NOT NULL
         )"""
     )
