@@ -14,7 +14,7 @@ from .handler import SECTION_SAFETY, CommandError, WaldurCommandEvent, parse_arg
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-USAGE = "audit <project|person> [--since 7d|12h|2026-11-01]"
+USAGE = "audit <project|person> [--since 7d|12h|2026-11-01] [--exact]"
 LIMIT = 30
 
 
@@ -41,7 +41,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     name="audit",
     help_section=SECTION_SAFETY,
     help_text="Membership changes with their causes",
-    help_args="<project|person> [--since 7d]",
+    help_args="<project|person> [--since 7d] [--exact]",
 )
 async def audit(evt: WaldurCommandEvent) -> None:
     positional, options = parse_args(evt.args)
@@ -101,4 +101,6 @@ async def audit(evt: WaldurCommandEvent) -> None:
         for entry in entries
     ]
     since_label = since.strftime("%Y-%m-%d %H:%M UTC") if since else None
-    await evt.send(fmt.audit_reply(subject, since_label, lines, total))
+    # Relative times ("3 h ago") read best in a chat; --exact gives UTC times to the minute.
+    now = None if options.get("exact") else datetime.now(UTC)
+    await evt.send(fmt.audit_reply(subject, since_label, lines, total, now))

@@ -413,6 +413,18 @@ class WaldurClient:
         path = "/api/user-permissions/"
         return self._parse_all(path, await self.get_list(path), RoleGrant.from_permission)
 
+    async def list_user_grant_history(self, user_uuid: str) -> list[RoleGrant]:
+        """One user's grants, revoked ones included where Waldur keeps them (``show_inactive``
+        in the current generation; 7.0 lists them anyway), with who granted and revoked them.
+
+        The ``user`` filter is checked, not trusted: other people's grants are dropped.
+        """
+        user_uuid = normalize_uuid(user_uuid)
+        path = "/api/user-permissions/"
+        items = await self.get_list(path, {"user": user_uuid, "show_inactive": "true"})
+        grants = self._parse_all(path, items, RoleGrant.from_permission)
+        return self._keep(path, "grants of one user", grants, lambda g: g.user_uuid == user_uuid)
+
     def iter_all_grants(self) -> AsyncIterator[list[RoleGrant]]:
         """``list_all_grants`` page by page (see ``iter_pages``: valid only once it ends)."""
         return self._parsed_pages("/api/user-permissions/", RoleGrant.from_permission)
