@@ -1,0 +1,142 @@
+"""`diagnose` runs at least 15 live checks, failures first, and each new check fails when its
+fault is made (real Synapse, the simulator in both generations)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import pytest
+from mautrix.types import EventType
+
+from waldur_bridge import diagnostics
+from waldur_bridge.db import BridgeInstance, CustomerSpace
+from waldur_bridge.db.base import now_ms
+from waldur_devenv.matrix_user import MatrixTestUser
+
+from .helpers import BridgeEnv
+from .test_commands import ask
+
+
+def failed(report: str) -> list[str]:
+    return re.findall(r"^- ❌ \*\*(.+?)\*\*", report, re.MULTILINE)
+
+
+@pytest.mark.parametrize("simulator", ["current", "7.0"], indirect=True)
+async def test_diagnose_checks_and_the_faults_that_fail_them(
+    bridge_env: BridgeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = bridge_env.sim
+    s = secrets.token_hex(3)
+    admin_id, token = await bridge_env.hs.register_user(f"diagnoser{s}", "pw")
+    admin = MatrixTestUser(bridge_env.hs.url, admin_id, token)
+    org = sim.add_customer("Diag Org")
+    project = sim.add_project(org, "Checked")
+    crowd = [sim.add_user(f"dcrowd{i}{s}", f"Crowd {i}") for i in range(4)]
+    for user in crowd:
+        sim.grant(user, project, "PROJECT.MEMBER")
+    try:
+        bridge = await bridge_env.start(
+            **{
+                "bridge.management_room": f"#waldur_diag-{s}:localhost",
+                "bridge.permissions": {"*": "user", admin_id: "admin"},
+            }
+        )
+        await bridge_env.register_webhook()
+        await bridge_env.sweep()
+        await bridge.sync.poller.poll_once()
+        mgmt = await admin.wait_for_invite(timeout=10)
+        await admin.join(mgmt)
+        room = await bridge_env.portal_room(project)
+
+        async def diagnose() -> str:
+            return (await ask(admin, mgmt, "diagnose", timeout=30, containing="Diagnostics"))[
+                "body"
+            ]
+
+        report = await diagnose()
+        total = int(re.search(r"of (\d+) checks ok", report).group(1))  # type: ignore[union-attr]
+        assert total >= 15
+        assert f"{total} of {total} checks ok" in report, report
+        generation = "current" if sim.generation == "current" else "7.x"
+        assert f"Waldur {generation}" in report
+        assert "standby: none" in report
+
+        # Waldur's clock five minutes ahead.
+        sim.date_offset = 300
+        report = await diagnose()
+        assert failed(report) == ["Clock against Waldur"], report
+        assert re.search(r"(299|300|301) s ahead of this machine's", report), report
+        # Failures come first.
+        assert report.splitlines()[2].startswith("- ❌ **Clock against Waldur**")
+        sim.date_offset = 0
+
+        # A token whose account is no longer staff sees only part of Waldur.
+        me = sim.authenticate(sim.staff_token)
+        assert not isinstance(me, str)
+        me.is_staff = False
+        try:
+            report = await diagnose()
+        finally:
+            me.is_staff = True
+        assert "Waldur generation and visibility" in failed(report), report
+        assert "sees" in report and "staff (or support)" in report, report
+
+        # A puppet template outside the registration's namespace.
+        bridge.config["bridge.username_template"] = "elsewhere_{userid}"
+        try:
+            report = await diagnose()
+        finally:
+            bridge.config["bridge.username_template"] = "waldur_{userid}"
+        assert failed(report) == ["Namespaces match the templates"], report
+        bridge.config["bridge.alias_template"] = "elsewhere_{groupname}"
+        try:
+            report = await diagnose()
+        finally:
+            bridge.config["bridge.alias_template"] = "waldur_{groupname}"
+        assert failed(report) == ["Namespaces match the templates"], report
+        assert "refused the alias" in report
+
+        # A standby that stopped sending heartbeats (killed without a clean stop).
+        await BridgeInstance.beat(f"standby-{s}", "standby-host", 4242, "", "standby", now_ms())
+        await BridgeInstance.db.execute(
+            "UPDATE bridge_instance SET heartbeat_at=$1 WHERE instance_id=$2",
+            now_ms() - 60_000,
+            f"standby-{s}",
+        )
+        report = await diagnose()
+        assert failed(report) == ["High availability"], report
+        assert "standby gone: standby-host (PID 4242, last seen 1 min ago)" in report
+        await BridgeInstance.remove(f"standby-{s}")
+
+        # Waldur logs watched events, but no web hook arrives.
+        monkeypatch.setattr(diagnostics, "WEBHOOK_GRACE", 0.0)
+        sim.remove_hook(next(iter(sim.hooks)))
+        late = sim.add_user(f"late{s}", "Late Comer")
+        sim.grant(late, project, "PROJECT.MEMBER")
+        report = await diagnose()
+        assert "Web hooks arrive" in failed(report), report
+        assert "watched event(s)" in report
+        await bridge_env.register_webhook()
+        await bridge_env.sweep()
+
+        # Removals held for longer than an admin should take.
+        for user in crowd[:3]:
+            sim.revoke(user, project, "PROJECT.MEMBER")
+        await bridge_env.sweep()
+        monkeypatch.setattr(diagnostics, "HELD_TOO_LONG", 0.0)
+        report = await diagnose()
+        assert "Held removals" in failed(report), report
+        assert "3 waiting in 1 room(s)" in report
+
+        # A room taken out of its organization's space.
+        space = await CustomerSpace.get(org)
+        assert space is not None
+        await bridge.az.intent.send_state_event(
+            space.room_id, EventType.SPACE_CHILD, {}, state_key=room
+        )
+        report = await diagnose()
+        assert "Spaces consistent" in failed(report), report
+        assert "1 room(s) missing from their organization's space: Checked" in report
+    finally:
+        await admin.close()
