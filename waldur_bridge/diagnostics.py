@@ -32,7 +32,7 @@ from .leadership import (
 from .messages import relative_time
 from .startup import ping_bridge
 from .sync.changes import WATCHED_EVENTS
-from .waldur import WaldurAuthError, WaldurError
+from .waldur import WaldurAuthError, WaldurError, WaldurProtocolError
 
 if TYPE_CHECKING:
     from .__main__ import WaldurBridge
@@ -182,6 +182,13 @@ async def _waldur(bridge: WaldurBridge) -> str:
         raise CheckFailed(
             f"Waldur refused the token {token}: {e}{_lost_since(bridge)}",
             "Create a new token for the service account and set token_lifetime to null.",
+        ) from e
+    except WaldurProtocolError as e:
+        # Waldur leaves is_staff and is_active out of a plain account's own record.
+        raise CheckFailed(
+            f"Waldur's record of the token's account ({token}) lacks fields a staff account "
+            f"sees: {e}",
+            "Use a staff (or support, read-only) account's token: others see only part of Waldur.",
         ) from e
     except WaldurError as e:
         raise CheckFailed(
@@ -343,7 +350,8 @@ async def _namespaces(bridge: WaldurBridge) -> str:
             ) from e
         if "not registered" not in (e.message or ""):
             raise CheckFailed(f"could not tell: {e.errcode} {e.message}") from e
-    rooms = await bridge.az.intent.get_joined_rooms()
+    rooms = [bridge.management.room_id] if bridge.management.room_id else []
+    rooms = rooms or await bridge.az.intent.get_joined_rooms()
     if not rooms:
         return f"puppets ({puppet.split(':')[0]}…) in the namespace; no room to test an alias with"
     localpart = config["bridge.alias_template"].format(groupname=_probe_localpart())
@@ -507,8 +515,7 @@ async def _high_availability(bridge: WaldurBridge) -> str:
             high,
             low,
         )
-        conn = leadership._conn
-        ours = conn.get_server_pid() if conn is not None and not conn.is_closed() else None
+        ours = leadership.lock_backend_pid()
         if not leadership.active or pid is None or pid != ours:
             raise CheckFailed(
                 f"this instance does not hold the lock (holder: PostgreSQL PID {pid})",

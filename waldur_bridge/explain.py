@@ -24,6 +24,7 @@ from .sync.directory import ProjectGone, ProjectView
 from .sync.policy import (
     CUSTOMER_SCOPE,
     PROJECT_SCOPE,
+    Grant,
     MembershipPolicy,
     aware,
     canonical_uuid,
@@ -250,8 +251,12 @@ def format_why(facts: Facts, now: datetime, exact: bool = False) -> str:
     lines.append(f"- {_room_line(facts, now, exact)}")
     counted = [g for g in facts.grants if g.state == "in force"]
     others = [g for g in facts.grants if g.state != "in force"]
+    closed = facts.portal_state == states.DISABLED and not facts.project_gone
     if facts.project_gone:
         lines.append("- Out: the project was deleted in Waldur; its room is closed")
+    elif closed:
+        lines.append("- Out: an admin closed the room (disabled); nobody is in it")
+        lines += [f"- {_grant_line(g, facts, now, exact)}" for g in counted]
     elif facts.user_gone:
         lines.append("- Out: Waldur no longer has this user (deleted)")
     elif facts.user_active is False:
@@ -284,12 +289,16 @@ def format_why(facts: Facts, now: datetime, exact: bool = False) -> str:
             "- On bridge.membership.never_kick: the bridge never removes them or changes "
             "their level"
         )
-    if facts.in_team and not facts.project_gone and facts.user_active is not False:
+    if closed:
+        lines.append(f"- Would change it: `reactivate {_md(facts.project_name)}`")
+    elif facts.in_team and not facts.project_gone and facts.user_active is not False:
         lines.append(f"- {_policy_line(facts, counted)}")
         room = facts.room
         if room.membership == "join" and room.power_level not in (None, facts.level):
             lines.append(f"- The next sync sets their level to {facts.level}")
-        if room.declined or (room.membership == "leave" and not facts.puppet):
+        if room.declined or (
+            room.membership == "leave" and room.left_by_self and not facts.puppet
+        ):
             lines.append(
                 "- Not invited again until their roles change; they can join by themselves"
             )
@@ -320,7 +329,8 @@ def format_why(facts: Facts, now: datetime, exact: bool = False) -> str:
 
 def grant_facts(
     history: Sequence[RoleGrant],
-    view: ProjectView | None,
+    view_grants: Sequence[Grant],
+    user_uuid: str,
     project_uuid: str,
     customer_uuid: str,
     project_name: str,
@@ -328,11 +338,13 @@ def grant_facts(
     policy: MembershipPolicy,
     now: datetime,
 ) -> list[GrantFact]:
-    """The person's grants on the project and its organization, newest first.
+    """The person's grants on the project and its organization, in force first, then newest.
 
-    The history read (who granted and revoked, revoked grants too) is the source; grants the
-    project read saw that the history lacks (it failed) are added from the view.
+    The person's grant history (who granted and revoked, revoked grants too) is the source;
+    grants in force that the project read saw and the history lacks (its read failed, or the
+    listings disagree) are added from the project read.
     """
+    user_uuid = canonical_uuid(user_uuid)
     project_uuid = canonical_uuid(project_uuid)
     customer_uuid = canonical_uuid(customer_uuid)
     seen: set[tuple[str, str, str]] = set()
@@ -367,8 +379,8 @@ def grant_facts(
         else:
             state = "in force"
         key = (role, scope_uuid, state)
-        if state == "in force" and key in seen:
-            return
+        if key in seen and (state == "in force" or created is None):
+            return  # the same grant from the project read, or a second grant in force
         seen.add(key)
         facts.append(
             GrantFact(
@@ -385,6 +397,8 @@ def grant_facts(
         )
 
     for grant in history:
+        if canonical_uuid(grant.user_uuid) != user_uuid:
+            continue
         add(
             grant.role_name,
             grant.scope_type,
@@ -395,15 +409,8 @@ def grant_facts(
             grant.created_by,
             grant.revoked_by,
         )
-    if view is not None:
-        for g in view.grants:
-            if (
-                g.user_uuid == ""
-                or (g.role_name, canonical_uuid(g.scope_uuid), "in force") in seen
-            ):
-                continue
-            if history and g.is_active is not False:
-                continue  # the history has it, under another state
+    for g in view_grants:
+        if canonical_uuid(g.user_uuid) == user_uuid:
             add(g.role_name, g.scope_type, g.scope_uuid, g.expiration_time, g.is_active)
 
     def order(g: GrantFact) -> tuple[int, float]:
@@ -497,7 +504,17 @@ async def gather(
     customer_uuid = project.customer_uuid if project else (portal.customer_uuid if portal else "")
     org_name = project.customer_name if project else ""
     name = project.name if project else project_name
-    grants = grant_facts(history, view, project_uuid, customer_uuid, name, org_name, policy, now)
+    grants = grant_facts(
+        history,
+        view.grants if view is not None else (),
+        user_uuid,
+        project_uuid,
+        customer_uuid,
+        name,
+        org_name,
+        policy,
+        now,
+    )
     team = (
         desired_team(view.project, view.grants, view.users, policy, now)
         if view is not None

@@ -81,6 +81,7 @@ async def test_diagnose_checks_and_the_faults_that_fail_them(
             me.is_staff = True
         assert "Waldur generation and visibility" in failed(report), report
         assert "sees" in report and "staff (or support)" in report, report
+        assert "unreachable" not in report  # a plain account's record is not an outage
 
         # A puppet template outside the registration's namespace.
         bridge.config["bridge.username_template"] = "elsewhere_{userid}"

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from waldur_bridge.db import PortalMember
 from waldur_bridge.portal import Portal
 from waldur_devenv.matrix_user import MatrixTestUser
 
@@ -133,6 +134,17 @@ async def test_why_explains_grants_revokes_expiry_deactivation_holds_and_self(
         await kim.join(room)
         in_room = (await ask(kim, room, "!why Tracked"))["body"]
         assert in_room.startswith("Ask me in a direct chat"), in_room
+
+        # An own account that leaves has declined: why says so, and that it stays out.
+        await kim.leave(room)
+
+        async def kim_declined() -> bool:
+            record = await PortalMember.get(project, kim_id)
+            return record is not None and record.left_voluntarily
+
+        await wait_for(kim_declined, 10, "Kim's leave recorded")
+        text = (await ask(kim, dm, "!why Tracked", containing="Kim"))["body"]
+        assert "Room: declined" in text and "Not invited again" in text, text
     finally:
         await admin.close()
         await kim.close()

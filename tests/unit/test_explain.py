@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from waldur_bridge.db import AuditEntry
 from waldur_bridge.explain import Facts, GrantFact, RoomFacts, format_why, grant_facts
 from waldur_bridge.messages import AuditLine, audit_reply, relative_time
-from waldur_bridge.sync.policy import MembershipPolicy
+from waldur_bridge.sync.policy import Grant, MembershipPolicy
 from waldur_bridge.waldur import RoleGrant
 
 NOW = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)
@@ -62,7 +62,7 @@ def test_grant_facts_sort_states_and_ignore_other_scopes() -> None:
         _grant("CUSTOMER.MANAGER", ORG),
         _grant("PROJECT.ADMIN", "d" * 32),
     ]
-    facts = grant_facts(history, None, PROJECT, ORG, "Apollo", "Acme", POLICY, NOW)
+    facts = grant_facts(history, [], USER, PROJECT, ORG, "Apollo", "Acme", POLICY, NOW)
     states = [(g.role, g.state) for g in facts]
     assert states[0] == ("PROJECT.ADMIN", "in force")
     assert facts[0].level == 50 and facts[0].on_project
@@ -71,6 +71,19 @@ def test_grant_facts_sort_states_and_ignore_other_scopes() -> None:
     assert ("CUSTOMER.OWNER", "ended") in states
     assert ("CUSTOMER.MANAGER", "not counted") in states
     assert len(facts) == 5  # the grant on another project is not this room's business
+
+
+def test_grant_facts_are_the_persons_own_and_fill_in_from_the_project_read() -> None:
+    others = [Grant("d" * 32, "PROJECT.ADMIN", "project", PROJECT)]
+    assert grant_facts([], others, USER, PROJECT, ORG, "Apollo", "Acme", POLICY, NOW) == []
+    # The history read failed: the project read's grant in force still shows, once.
+    own = Grant(USER, "PROJECT.MEMBER", "project", PROJECT, is_active=True)
+    facts = grant_facts([], [own, own], USER, PROJECT, ORG, "Apollo", "Acme", POLICY, NOW)
+    assert [(g.role, g.state, g.created_by) for g in facts] == [("PROJECT.MEMBER", "in force", "")]
+    # The history has it with who granted it: the project read adds nothing.
+    history = [_grant("PROJECT.MEMBER", PROJECT)]
+    facts = grant_facts(history, [own], USER, PROJECT, ORG, "Apollo", "Acme", POLICY, NOW)
+    assert [(g.role, g.created_by) for g in facts] == [("PROJECT.MEMBER", "Bob Boss")]
 
 
 def _facts(**kw: object) -> Facts:
@@ -164,6 +177,11 @@ def test_deactivated_held_declined_incomplete_and_unknown() -> None:
     assert "incomplete (organization roles: 503)" in partial
     unknown = format_why(Facts(person="@who:x", mxid="@who:x", project_name="Apollo"), NOW)
     assert "Not a Waldur user the bridge knows" in unknown
+    closed = format_why(
+        _facts(portal_state="disabled", grants=[grant], in_team=True, level=0), NOW
+    )
+    assert "Out: an admin closed the room" in closed and "`reactivate Apollo`" in closed
+    assert "In by" not in closed
     never = format_why(_facts(never_kick=True), NOW)
     assert "never_kick" in never
 

@@ -28,28 +28,45 @@ async def resolve_person(evt: WaldurCommandEvent, query: str) -> tuple[str | Non
     if query.startswith("@"):
         return await waldur_user_of(evt, query), query
     client = evt.bridge.waldur
-    try:
-        if _UUID.match(query):
-            try:
-                return (await client.get_user(canonical_uuid(query))).uuid, None
-            except WaldurNotFound:
-                return None, None
-        users = await client.list_users()
-    except WaldurError as e:
-        raise CommandError(f"Could not read users from Waldur: {_md(e)}") from e
+    if _UUID.match(query):
+        try:
+            return (await client.get_user(canonical_uuid(query))).uuid, None
+        except WaldurNotFound:
+            return None, None
+        except WaldurError as e:
+            raise CommandError(f"Could not read the user from Waldur: {_md(e)}") from e
+    # The users the last sweep read first (a listing of every user is large); Waldur's own
+    # listing only when nobody there matches. The person's record is read fresh either way.
+    cached = [
+        (uuid, u.username, u.full_name) for uuid, u in evt.bridge.sync.directory.users.items()
+    ]
+    found = _match_person(query, cached)
+    if found is None:
+        try:
+            users = await client.list_users()
+        except WaldurError as e:
+            raise CommandError(f"Could not read users from Waldur: {_md(e)}") from e
+        found = _match_person(query, [(u.uuid, u.username, u.full_name) for u in users])
+    return found, None
+
+
+def _match_person(query: str, people: list[tuple[str, str, str]]) -> str | None:
+    """The UUID of the one person whose username, else display name, is ``query``."""
     folded = query.casefold()
     for matches in (
-        [u for u in users if u.username == query],
-        [u for u in users if u.full_name.casefold() == folded],
+        [p for p in people if p[1] == query],
+        [p for p in people if p[2].casefold() == folded],
     ):
         if len(matches) == 1:
-            return matches[0].uuid, None
+            return matches[0][0]
         if len(matches) > 1:
-            listed = "\n".join(f"- {_md(u.full_name)}: `{_md(u.username)}`" for u in matches[:10])
+            listed = "\n".join(
+                f"- {_md(name)}: `{_md(username)}`" for _, username, name in matches[:10]
+            )
             raise CommandError(
                 f"`{_md(query)}` matches {len(matches)} people; name one by username:\n\n{listed}"
             )
-    return None, None
+    return None
 
 
 async def resolve_room(evt: WaldurCommandEvent, query: str) -> tuple[str, str, Portal | None]:
