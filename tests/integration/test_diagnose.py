@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from pathlib import Path
 
 import pytest
 from mautrix.types import EventType
@@ -12,10 +13,13 @@ from mautrix.types import EventType
 from waldur_bridge import diagnostics
 from waldur_bridge.db import BridgeInstance, CustomerSpace
 from waldur_bridge.db.base import now_ms
+from waldur_devenv.ha import BridgeProcess, fresh_postgres_database
 from waldur_devenv.matrix_user import MatrixTestUser
+from waldur_devenv.synapse import free_port
 
-from .helpers import BridgeEnv
+from .helpers import BridgeEnv, wait_for
 from .test_commands import ask
+from .test_high_availability import _postgres_url
 
 
 def failed(report: str) -> list[str]:
@@ -141,3 +145,50 @@ async def test_diagnose_checks_and_the_faults_that_fail_them(
         assert "1 room(s) missing from their organization's space: Checked" in report
     finally:
         await admin.close()
+
+
+async def test_high_availability_check_sees_the_lock_and_a_standby_that_stops(
+    bridge_env: BridgeEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PostgreSQL: this instance holds the advisory lock (as pg_locks says), a standby process
+    on the same database is seen, and once it is killed the check fails naming it."""
+    pg = _postgres_url()
+    async with fresh_postgres_database(pg) as database:
+        bridge = await bridge_env.start(**{"appservice.database": database})
+        standby_config = bridge_env.write_config(
+            **{"appservice.database": database, "appservice.port": free_port()}
+        )
+        standby_path = tmp_path / "standby.yaml"
+        standby_config.rename(standby_path)
+        standby = BridgeProcess(standby_path, free_port(), tmp_path / "standby.log")
+        await standby.start()
+        try:
+
+            async def ha() -> diagnostics.Check:
+                checks = await diagnostics.run_diagnostics(bridge)
+                return next(c for c in checks if c.name == "High availability")
+
+            async def standby_seen() -> diagnostics.Check | None:
+                check = await ha()
+                return check if f"(PID {standby.pid})" in check.detail else None
+
+            check = await wait_for(standby_seen, 60, "the standby's heartbeat")
+            assert check.ok, check
+            assert re.match(r"this instance holds the lock \(PostgreSQL PID \d+\)", check.detail)
+
+            # Killed: its heartbeats stop (a shorter window than 15 s keeps the test quick; the
+            # standby beats every 5 s, so 7 s still sees a live one).
+            monkeypatch.setattr(diagnostics, "HEARTBEAT_VISIBLE_MS", 7000)
+            assert (await ha()).ok
+            await standby.kill()
+
+            async def gone() -> diagnostics.Check | None:
+                check = await ha()
+                return None if check.ok else check
+
+            check = await wait_for(gone, 20, "the standby to count as gone")
+            assert "standby gone: " in check.detail and f"PID {standby.pid}" in check.detail
+            assert "Restart the standby" in check.fix
+        finally:
+            await standby.kill()
+            await bridge_env.stop()
