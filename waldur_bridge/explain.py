@@ -8,6 +8,7 @@ Two halves: ``gather`` reads (Waldur fresh, the homeserver, the database) and ch
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -194,18 +195,11 @@ def _room_line(facts: Facts, now: datetime, exact: bool) -> str:
 
 
 def _policy_line(facts: Facts, counted: Sequence[GrantFact]) -> str:
-    roles = sorted({g.role for g in counted})
-    mapped = ", ".join(f"{_md(r)} → {role_power_level_of(r, facts)}" for r in roles)
+    levels = {g.role: g.level for g in counted}
+    mapped = ", ".join(f"{_md(role)} → {level}" for role, level in sorted(levels.items()))
     return (
         f"Policy: role map {mapped}; the highest wins: level {facts.level} "
         f"(others {facts.default_level})"
-    )
-
-
-def role_power_level_of(role: str, facts: Facts) -> int:
-    return role_power_level(
-        role,
-        MembershipPolicy(power_levels=facts.power_levels, default_power_level=facts.default_level),
     )
 
 
@@ -293,6 +287,12 @@ def format_why(facts: Facts, now: datetime, exact: bool = False) -> str:
         lines.append(f"- Would change it: `reactivate {_md(facts.project_name)}`")
     elif facts.in_team and not facts.project_gone and facts.user_active is not False:
         lines.append(f"- {_policy_line(facts, counted)}")
+        if facts.last_addition is not None:
+            entry = facts.last_addition
+            when = datetime.fromtimestamp(entry.ts / 1000, UTC)
+            lines.append(
+                f"- Invited by the bridge {_when(when, now, exact)}: {_md(entry.cause or '-')}"
+            )
         room = facts.room
         if room.membership == "join" and room.power_level not in (None, facts.level):
             lines.append(f"- The next sync sets their level to {facts.level}")
@@ -474,7 +474,7 @@ async def gather(
     )
     if user_uuid is None:
         room = await room_facts(bridge, portal, mxid, puppet=False)
-        return _replace(base, mxid=mxid, room=room)
+        return dataclasses.replace(base, mxid=mxid, room=room)
     view: ProjectView | None = None
     project_gone = False
     try:
@@ -538,7 +538,7 @@ async def gather(
         entries, _ = await AuditEntry.search(project_uuid=project_uuid, target=mxid, limit=50)
         removal = next((e for e in entries if e.action == "kick" and e.outcome == "done"), None)
         addition = next((e for e in entries if e.action == "invite" and e.outcome == "done"), None)
-    return _replace(
+    return dataclasses.replace(
         base,
         person=full_name or username or person,
         username=username,
@@ -563,12 +563,6 @@ async def gather(
         problems=tuple(view.problems) if view is not None else (),
         history_problem=history_problem,
     )
-
-
-def _replace(facts: Facts, **changes: object) -> Facts:
-    import dataclasses
-
-    return dataclasses.replace(facts, **changes)  # type: ignore[arg-type]
 
 
 # endregion

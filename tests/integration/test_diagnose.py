@@ -102,6 +102,15 @@ async def test_diagnose_checks_and_the_faults_that_fail_them(
         assert failed(report) == ["Namespaces match the templates"], report
         assert "refused the alias" in report
 
+        # A sweep interval shorter than the sweep's read of Waldur.
+        bridge.config["waldur.sweep_interval"] = 0.001
+        try:
+            report = await diagnose()
+        finally:
+            bridge.config["waldur.sweep_interval"] = 3600
+        assert failed(report) == ["Sweeps"], report
+        assert "over half the interval" in report
+
         # A standby that stopped sending heartbeats (killed without a clean stop).
         await BridgeInstance.beat(f"standby-{s}", "standby-host", 4242, "", "standby", now_ms())
         await BridgeInstance.db.execute(

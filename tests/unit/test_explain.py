@@ -108,11 +108,18 @@ def test_joined_admin_names_grant_level_policy_and_what_would_change_it() -> Non
     grant = GrantFact(
         "PROJECT.ADMIN", True, "Apollo", NOW - timedelta(days=3), "Bob Boss", level=50
     )
+    invited = AuditEntry(
+        action="invite",
+        outcome="done",
+        cause="PROJECT.ADMIN",
+        ts=int((NOW - timedelta(days=3)).timestamp() * 1000),
+    )
     text = format_why(
         _facts(
             grants=[grant],
             in_team=True,
             level=50,
+            last_addition=invited,
             room=RoomFacts(membership="join", power_level=50),
         ),
         NOW,
@@ -123,7 +130,8 @@ def test_joined_admin_names_grant_level_policy_and_what_would_change_it() -> Non
     assert lines[2] == (
         "- In by PROJECT.ADMIN on Apollo: granted 3 d ago by Bob Boss, no expiry, level 50"
     )
-    assert "the highest wins: level 50" in text
+    assert "Policy: role map PROJECT.ADMIN → 50; the highest wins: level 50" in text
+    assert "- Invited by the bridge 3 d ago: PROJECT.ADMIN" in text
     assert "revoking PROJECT.ADMIN (or letting it expire) would remove them" in text
     exact = format_why(_facts(grants=[grant], in_team=True, level=50), NOW, exact=True)
     assert "granted 2026-12-04 20:00:00 UTC by Bob Boss" in exact
