@@ -44,6 +44,7 @@ MAX_CLOCK_SKEW = 30.0
 # deliver its web hook before the hooks count as silent.
 RATE_LIMIT_BURST = 12
 WEBHOOK_GRACE = 120.0
+WEBHOOK_WINDOW = 3600.0
 # Removals held longer than this need an admin's decision.
 HELD_TOO_LONG = 3600.0
 
@@ -424,7 +425,9 @@ async def _webhook_silence(bridge: WaldurBridge) -> str:
     receiver = bridge.webhook
     if not bridge.config["waldur.webhook.enabled"] or receiver is None:
         return "web hooks are off"
-    since = receiver.last_received_at or receiver.started_at
+    # At most the last hour of events: silent hooks show there, and a week without any is not
+    # read page by page.
+    since = max(receiver.last_received_at or receiver.started_at, time.time() - WEBHOOK_WINDOW)
     until = time.time() - WEBHOOK_GRACE
     if until <= since:
         return _webhook_summary(receiver)
