@@ -126,6 +126,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("status", "errored resources, orders waiting for approval, work in progress"),
     ("orders", "the last five orders of this project"),
     ("members", "the project's team in Waldur, with roles and who is in the room"),
+    ("why <project>", "in a direct chat with me: why you are in that project's room, or not"),
 )
 
 
