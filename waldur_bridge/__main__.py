@@ -14,6 +14,7 @@ from mautrix.types import RoomID, UserID
 from . import __version__, logs, startup
 from .commands import (  # noqa: F401  (registers handlers)
     admin as _admin,
+    personal as _personal,
     room as _room,
     spaces as _spaces,
 )

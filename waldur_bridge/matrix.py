@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 # Commands that work bare (`!status`), besides `<prefix> status`; `!why` is for direct chats.
 BARE_COMMANDS = frozenset({"help", "status", "orders", "members", "why"})
+# A person's own commands in a direct chat with the bot (commands/personal.py), by `!word`.
+PERSONAL_COMMANDS = {"rooms": "my-rooms", "join": "join"}
 # Handled transaction IDs are kept this long; the homeserver retries for far less.
 TXN_RETENTION_MS = 7 * 24 * 3600 * 1000
 
@@ -112,6 +114,9 @@ class MatrixHandler(BaseMatrixHandler):
             word = text[1:].split(maxsplit=1)[0].lower() if len(text) > 1 else ""
             if word in BARE_COMMANDS:
                 return True, text[1:]
+            if word in PERSONAL_COMMANDS:
+                # `!rooms` is a person's own list; bare `rooms` stays the admins' listing.
+                return True, PERSONAL_COMMANDS[word] + text[1 + len(word) :]
         return False, text
 
     async def allow_command(self, user: u.User) -> bool:  # type: ignore[override]
@@ -148,9 +153,38 @@ class MatrixHandler(BaseMatrixHandler):
     async def handle_leave(self, room_id: RoomID, user_id: UserID, event_id: EventID) -> None:
         portal = await po.Portal.get_by_room(room_id)
         if portal is not None:
-            await self.bridge.sync.on_member_left(portal, user_id, voluntarily=True)
+            await self.bridge.sync.on_member_left(
+                portal, user_id, voluntarily=True, how="left the room"
+            )
         elif (space := self.bridge.sync.spaces.space_of_room(room_id)) is not None:
-            await self.bridge.sync.spaces.on_member_left(space, user_id, voluntarily=True)
+            await self.bridge.sync.spaces.on_member_left(
+                space, user_id, voluntarily=True, how="left the space"
+            )
+
+    async def handle_reject(
+        self, room_id: RoomID, user_id: UserID, reason: str, event_id: EventID
+    ) -> None:
+        # Turning an invite down is a "no" like leaving: not invited again (invariant 15).
+        portal = await po.Portal.get_by_room(room_id)
+        if portal is not None:
+            await self.bridge.sync.on_member_left(
+                portal, user_id, voluntarily=True, how="rejected the invite to"
+            )
+        elif (space := self.bridge.sync.spaces.space_of_room(room_id)) is not None:
+            await self.bridge.sync.spaces.on_member_left(
+                space, user_id, voluntarily=True, how="rejected the invite to"
+            )
+
+    async def handle_disinvite(
+        self,
+        room_id: RoomID,
+        user_id: UserID,
+        disinvited_by: UserID,
+        reason: str,
+        event_id: EventID,
+    ) -> None:
+        # A moderator withdrew an invite: like a kick, whoever is entitled is invited again.
+        await self.handle_kick(room_id, user_id, disinvited_by, reason, event_id)
 
     async def handle_kick(
         self, room_id: RoomID, user_id: UserID, kicked_by: UserID, reason: str, event_id: EventID

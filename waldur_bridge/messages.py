@@ -118,6 +118,8 @@ _MEMBERSHIP_LABELS: dict[str, str] = {
     "invite": "invited",
     "knock": "asked to join",
     "ban": "banned from the room",
+    "declined": "declined",
+    "no-account": "no Matrix account yet",
 }
 _NOT_IN_ROOM = "not in the room"
 
@@ -126,7 +128,9 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("status", "errored resources, orders waiting for approval, work in progress"),
     ("orders", "the last five orders of this project"),
     ("members", "the project's team in Waldur, with roles and who is in the room"),
-    ("why <project>", "in a direct chat with me: why you are in that project's room, or not"),
+    ("rooms", "in a direct chat with the bot: the project rooms your Waldur roles give you"),
+    ("join <project>", "in a direct chat with the bot: be invited again to a room you declined"),
+    ("why <project>", "in a direct chat with the bot: why you are in that project's room, or not"),
 )
 
 
@@ -144,7 +148,9 @@ class MemberLine:
 
     display_name: str
     roles: tuple[str, ...]
-    membership: str  # the Matrix membership in the portal room: join, invite, none or leave
+    # The Matrix membership in the portal room (join, invite, none, leave), or the bridge's
+    # word for why someone is out: declined, no-account.
+    membership: str
     expires: datetime | None = None
 
 
@@ -656,6 +662,8 @@ _AUDIT_VERBS = {
     "power-levels": "power levels",
     "set-name": "renamed",
     "set-topic": "new topic",
+    "decline": "declined",
+    "undecline": "asked back in",
 }
 _AUDIT_OUTCOMES = {"failed": "FAILED", "held": "held for an admin", "dry-run": "dry run only"}
 MAX_AUDIT_LINES = 30

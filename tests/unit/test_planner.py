@@ -88,6 +88,7 @@ def load_context(data: dict[str, Any]) -> PlanContext:
         puppet_regex=data.get("puppet_regex"),
         policy=MembershipPolicy(**policy),
         defer_removals=bool(data.get("defer_removals", False)),
+        missing_accounts=frozenset(data.get("missing_accounts", ())),
     )
 
 
@@ -139,8 +140,12 @@ def test_invariants(path: Path) -> None:
     assert touched_levels == sorted(touched_levels)
 
     def managed(u: str) -> bool:
-        return u in ctx.managed_user_ids or bool(
-            ctx.puppet_regex and re.fullmatch(ctx.puppet_regex, u)
+        # Invariant 14: whoever the bridge brought in stays its own after losing every role.
+        brought_in = u in current.members and current.members[u].added_by == "bridge"
+        return (
+            u in ctx.managed_user_ids
+            or brought_in
+            or bool(ctx.puppet_regex and re.fullmatch(ctx.puppet_regex, u))
         )
 
     for user_id in kicked + touched_levels + [k.user_id for k in result.held + result.dry_run]:
@@ -153,6 +158,8 @@ def test_invariants(path: Path) -> None:
         for user_id, level in (c for a in pl for c in a.changes):
             new = current.users_default if level is None else level
             assert new >= current.power_levels.get(user_id, current.users_default)
+    invited = {a.user_id for a in result.actions if isinstance(a, Invite)}
+    assert not invited & ctx.missing_accounts, "an account the homeserver lacks was invited"
     # Fixed order: name, topic, invites/joins, power levels, kicks.
     rank = {SetName: 0, SetTopic: 1, Invite: 2, Join: 2, SetPowerLevels: 3, Kick: 4}
     ranks = [rank[type(a)] for a in result.actions]

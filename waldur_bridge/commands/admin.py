@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import mautrix
@@ -17,7 +18,7 @@ from ..duplicates import DuplicateFinder, Leftover
 from ..portal import Portal
 from ..puppet import Puppet
 from ..sync.planner import Invite, Join, Kick, Plan, SetName, SetPowerLevels, SetTopic
-from ..sync.policy import canonical_uuid
+from ..sync.policy import canonical_uuid, desired_team
 from ..waldur import Project, User, WaldurError, WaldurNotFound
 from .handler import (
     SECTION_BRIDGE,
@@ -60,6 +61,7 @@ def admin_help() -> fmt.Reply:
         "- `export <project>`: export the room's history",
         "- `link <waldur user> <matrix id>`, `unlink <matrix id|waldur user>`",
         "- `whois <matrix id|waldur user>`: how a person maps between Waldur and Matrix",
+        "- `invite <person> <project>`: invite again a person who declined (they need a role)",
         "- `held`, `approve <project|all>`, `reject <project|all>`: mass removals on hold",
         "- `audit <project|person> [--since 7d|2026-11-01] [--exact]`: who was added or removed,"
         " and why",
@@ -122,6 +124,18 @@ async def resolve_user(evt: WaldurCommandEvent, query: str) -> User:
     if not matches:
         raise CommandError(f"No Waldur user with username `{_md(query)}`.")
     return matches[0]
+
+
+async def resolve_person(evt: WaldurCommandEvent, query: str) -> User:
+    """A Waldur user by Matrix ID (puppet, link or template), username or UUID."""
+    if not query.startswith("@"):
+        return await run(evt, resolve_user(evt, query))
+    from .room import waldur_user_of
+
+    user_uuid = await waldur_user_of(evt, query)
+    if user_uuid is None:
+        raise CommandError(f"{_md(query)} is not mapped to any Waldur user.")
+    return await run(evt, evt.bridge.waldur.get_user(user_uuid))
 
 
 async def portal_for(evt: WaldurCommandEvent, query: str) -> tuple[Project | None, Portal]:
@@ -200,11 +214,13 @@ async def rooms(evt: WaldurCommandEvent) -> None:
         await evt.reply("No portals match.")
         return
     portals.sort(key=lambda p: (p.state, p.name.casefold()))
+    declined = await PortalMember.declined_counts()
     lines = [f"**{len(portals)} portal(s)**", ""]
     for p in portals[:MAX_LISTED]:
         error = f" — {_md(p.error[:120])}" if p.error else ""
         name = _md(p.name) or "(unnamed)"
-        lines.append(f"- {name} `{p.project_uuid}` {p.state} {p.room_id or ''}{error}")
+        said_no = f" · {declined[p.project_uuid]} declined" if declined.get(p.project_uuid) else ""
+        lines.append(f"- {name} `{p.project_uuid}` {p.state} {p.room_id or ''}{said_no}{error}")
     if len(portals) > MAX_LISTED:
         lines.append(f"- … and {len(portals) - MAX_LISTED} more (narrow with --state or text)")
     await evt.reply("\n".join(lines))
@@ -456,16 +472,7 @@ async def unlink(evt: WaldurCommandEvent) -> None:
 @admin_command(name="whois", help_section=SECTION_PEOPLE, help_text="How a person maps")
 async def whois(evt: WaldurCommandEvent) -> None:
     query, _ = one_arg(evt, "whois <matrix id|waldur user>")
-    from .room import waldur_user_of
-
-    if query.startswith("@"):
-        user_uuid = await waldur_user_of(evt, query)
-        if user_uuid is None:
-            await evt.reply(f"{_md(query)} is not mapped to any Waldur user.")
-            return
-        user = await run(evt, evt.bridge.waldur.get_user(user_uuid))
-    else:
-        user = await run(evt, resolve_user(evt, query))
+    user = await resolve_person(evt, query)
     reconciler = evt.bridge.sync.reconciler
     mxid, puppet = await reconciler.matrix_account(user.uuid, user.username, user.email)
     how = (
@@ -476,16 +483,57 @@ async def whois(evt: WaldurCommandEvent) -> None:
         else "template"
     )
     rows = await PortalMember.db.fetch(
-        "SELECT project_uuid FROM portal_member WHERE mxid=$1", mxid or ""
+        "SELECT project_uuid, left_voluntarily FROM portal_member WHERE mxid=$1", mxid or ""
     )
-    rooms_ = [await Portal.get_by_project(r["project_uuid"]) for r in rows]
+    rooms_ = []
+    for row in rows:
+        portal = await Portal.get_by_project(row["project_uuid"])
+        if portal is not None:
+            rooms_.append(f"{_md(portal.name)}{' (declined)' if row['left_voluntarily'] else ''}")
+    account = ""
+    if mxid and mxid in evt.bridge.sync.accounts.missing:
+        account = "; no such account on the homeserver yet"
     lines = [
         f"**{_md(user.full_name or user.username)}** (`{user.username}`, `{user.uuid}`)",
         f"- active in Waldur: {'yes' if user.is_active else 'no'}",
-        f"- Matrix: {mxid or 'no valid ID'} ({how})",
-        f"- rooms: {', '.join(_md(p.name) for p in rooms_ if p) or 'none'}",
+        f"- Matrix: {mxid or 'no valid ID'} ({how}{account})",
+        f"- rooms: {', '.join(rooms_) or 'none'}",
     ]
     await evt.reply("\n".join(lines))
+
+
+@admin_command(
+    name="invite",
+    help_section=SECTION_PEOPLE,
+    help_text="Invite a person who declined again",
+    help_args="<person> <project>",
+)
+async def invite(evt: WaldurCommandEvent) -> None:
+    positional, _ = parse_args(evt.args)
+    if len(positional) != 2:
+        raise CommandError("Usage: `invite <waldur user|matrix id> <project>`")
+    user = await resolve_person(evt, positional[0])
+    project, portal = await portal_for(evt, positional[1])
+    if project is None or not portal.is_active:
+        raise CommandError(f"The room of {_md(portal.name)} is not active.")
+    mxid, _ = await evt.bridge.sync.reconciler.matrix_account(user.uuid, user.username, user.email)
+    if mxid is None:
+        raise CommandError(f"{_md(user.username)} has no valid Matrix ID under the template.")
+    view = await run(evt, evt.bridge.sync.directory.read_project(project.uuid))
+    team = desired_team(
+        view.project, view.grants, view.users, evt.bridge.sync.policy, datetime.now(UTC)
+    )
+    name = _md(user.full_name or user.username)
+    if user.uuid not in team:
+        raise CommandError(
+            f"{name} holds no role on {_md(project.name)} in Waldur, so the bridge does not"
+            " invite them. Grant a role in Waldur, or invite them by hand as a guest."
+        )
+    cleared = await evt.bridge.sync.ask_back(portal, mxid, str(evt.sender.mxid))
+    note = "their decline is forgotten; " if cleared else ""
+    await evt.reply(
+        f"{name} ({mxid}): {note}the room {_md(project.name)} is being brought up to date."
+    )
 
 
 @admin_command(name="held", help_section=SECTION_SAFETY, help_text="Mass removals on hold")

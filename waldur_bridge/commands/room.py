@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from mautrix.bridge.commands import command_handler
 
 from .. import identity, messages as fmt
-from ..db import User as DBUser
+from ..db import PortalMember, User as DBUser
 from ..puppet import Puppet
 from ..sync.directory import ProjectGone, ProjectView
 from ..sync.policy import TeamMember, desired_team
@@ -173,16 +173,24 @@ async def members(evt: WaldurCommandEvent) -> None:
         for e in await evt.az.intent.get_members(evt.room_id)
     }
     reconciler = evt.bridge.sync.reconciler
+    records = await PortalMember.for_project(evt.portal.project_uuid)
+    missing = set(evt.bridge.sync.accounts.missing)
     lines = []
     for user_uuid, member in access.team.items():
         user = access.view.users[user_uuid]
         email = access.view.emails.get(user_uuid, "")
         mxid, _ = await reconciler.matrix_account(user_uuid, user.username, email)
+        membership = memberships.get(mxid or "", "none")
+        record = records.get(mxid or "")
+        if membership in ("leave", "none") and record is not None and record.left_voluntarily:
+            membership = "declined"
+        elif membership == "none" and mxid in missing:
+            membership = "no-account"
         lines.append(
             fmt.MemberLine(
                 display_name=reconciler.displayname_for(user.username, user.full_name, email),
                 roles=member.roles,
-                membership=memberships.get(mxid or "", "none"),
+                membership=membership,
                 expires=member.expires,
             )
         )

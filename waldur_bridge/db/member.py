@@ -71,17 +71,45 @@ class PortalMember(Table):
         await self.db.execute(q, self.project_uuid, self.mxid)
 
     @classmethod
-    async def record_left(cls, project_uuid: str, mxid: str, voluntarily: bool) -> bool:
-        """A managed member left the room; True when a reconcile should look (a moderator
-        kicked them, and whoever is entitled is invited again)."""
+    async def record_left(cls, project_uuid: str, mxid: str, voluntarily: bool) -> str | None:
+        """A member the bridge knows left the room. Returns "look" when a reconcile should
+        look (a moderator removed them: whoever is entitled comes back), "declined" when this
+        is a new "no" (they left or rejected the invite), else None."""
         member = await cls.get(project_uuid, mxid)
         if member is None:
-            return False
+            return None
         if not voluntarily:
-            return True
+            return "look"
+        if member.left_voluntarily:
+            return None
         member.left_voluntarily = True
         await member.save()
-        return False
+        return "declined"
+
+    @classmethod
+    async def clear_decline(cls, project_uuid: str, mxid: str) -> bool:
+        """The person (or an admin) asked to come back: True when a decline was recorded."""
+        member = await cls.get(project_uuid, mxid)
+        if member is None or not member.left_voluntarily:
+            return False
+        member.left_voluntarily = False
+        await member.save()
+        return True
+
+    @classmethod
+    async def declined_in(cls, mxid: str) -> set[str]:
+        """The projects whose rooms this person declined."""
+        q = f"SELECT project_uuid FROM {cls._table} WHERE mxid=$1 AND left_voluntarily"
+        return {row["project_uuid"] for row in await cls.db.fetch(q, mxid)}
+
+    @classmethod
+    async def declined_counts(cls) -> dict[str, int]:
+        """Project -> how many people declined its room."""
+        q = (
+            f"SELECT project_uuid, COUNT(*) AS n FROM {cls._table} WHERE left_voluntarily"
+            " GROUP BY project_uuid"
+        )
+        return {row["project_uuid"]: int(row["n"]) for row in await cls.db.fetch(q)}
 
     @classmethod
     async def record_moderator_invite(cls, project_uuid: str, mxid: str) -> None:

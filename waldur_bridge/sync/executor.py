@@ -290,6 +290,23 @@ class PlanExecutor:
                 role_signature=role_signatures.get(user_id, ""),
             ).save()
 
+    @classmethod
+    async def record_decline(cls, portal: Portal, user_id: str, how: str) -> None:
+        """A person said no to a room (left it, or rejected the invite): audited and told at
+        INFO, since from now on the bridge leaves them out (invariant 15)."""
+        log.info(
+            "%s %s %s; not invited again until their roles change or they ask (!join)",
+            user_id,
+            how,
+            _room_label(portal),
+        )
+        await cls._audit(portal, "decline", user_id, how.removesuffix(" to"), "done")
+
+    @classmethod
+    async def record_undecline(cls, portal: Portal, user_id: str, asked_by: str) -> None:
+        log.info("%s is invited to %s again: asked by %s", user_id, _room_label(portal), asked_by)
+        await cls._audit(portal, "undecline", user_id, f"asked by {asked_by}", "done")
+
     async def _set_power_levels(self, portal: Portal, changes: dict[str, int | None]) -> None:
         intent = portal.main_intent
         room_id = RoomID(portal.room_id or "")

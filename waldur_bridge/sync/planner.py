@@ -104,6 +104,11 @@ class CurrentRoom:
 
 @dataclass(frozen=True, slots=True)
 class PlanContext:
+    """Who is the bridge's to add and remove. A Matrix ID is managed when it is listed in
+    `managed_user_ids` (the mapping of every Waldur user the bridge can see: puppets, the
+    template's IDs, links), matches the puppet namespace, or is a current member the bridge
+    brought in (`added_by == "bridge"`). Losing every role never makes anyone unmanaged."""
+
     bot_user_id: str
     # Matrix IDs the bridge maps from Waldur users: puppets, template-mapped and linked accounts.
     managed_user_ids: frozenset[str]
@@ -113,6 +118,9 @@ class PlanContext:
     # A leading run (the first change notice about a quiet project): additions and promotions
     # now; removals and demotions wait for the settled run, which sees a whole role change.
     defer_removals: bool = False
+    # Local accounts the homeserver says do not exist: not invited (an invite to a missing
+    # local account succeeds and then shows as pending forever).
+    missing_accounts: frozenset[str] = frozenset()
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -273,6 +281,10 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
             return False
         if user_id in ctx.managed_user_ids:
             return True
+        cur = current.members.get(user_id)
+        if cur is not None and cur.added_by == "bridge":
+            # Brought in for a Waldur reason: still ours once the reason is gone (invariant 14).
+            return True
         return puppet_re is not None and puppet_re.fullmatch(user_id) is not None
 
     def untouchable(user_id: str) -> bool:
@@ -314,6 +326,8 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
                 additions.append(Join(user_id, f"puppet accepts pending invite ({roles})"))
         elif membership == "ban":
             notes.append(f"{user_id}: banned by a room moderator; not re-invited")
+        elif user_id in ctx.missing_accounts:
+            notes.append(f"{user_id}: no such account on the homeserver yet; not invited")
         else:
             cause = roles
             if membership == "leave" and cur is not None and cur.left_voluntarily:
@@ -323,7 +337,8 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
                     cause = f"{roles}; re-invite after leaving (reinvite_after_leave)"
                 else:
                     notes.append(
-                        f"{user_id}: left on their own; not re-invited until role changes"
+                        f"{user_id}: declined (left or rejected the invite); not re-invited"
+                        " until their roles change or they ask"
                     )
                     continue
             seated.add(user_id)

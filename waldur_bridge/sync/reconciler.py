@@ -17,6 +17,7 @@ from .. import identity
 from ..db import HeldRemoval, PortalMember, User as DBUser
 from ..puppet import Puppet
 from ..waldur import WaldurError
+from .accounts import AccountCheck
 from .directory import ProjectView
 from .executor import Outcome, PlanExecutor
 from .planner import (
@@ -30,7 +31,7 @@ from .planner import (
     PlanContext,
     plan,
 )
-from .policy import MembershipPolicy, ProjectInfo, desired_team, unknown_holders
+from .policy import MembershipPolicy, ProjectInfo, WaldurUser, desired_team, unknown_holders
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -72,10 +73,24 @@ class Team:
 
 
 class Reconciler:
-    def __init__(self, config: Config, policy: MembershipPolicy, executor: PlanExecutor) -> None:
+    def __init__(
+        self,
+        config: Config,
+        policy: MembershipPolicy,
+        executor: PlanExecutor,
+        *,
+        accounts: AccountCheck | None = None,
+        known_users: Callable[[], tuple[dict[str, WaldurUser], dict[str, str]]] | None = None,
+    ) -> None:
         self.config = config
         self.policy = policy
         self.executor = executor
+        # Own accounts (template, links) are checked to exist before their first invite.
+        self.accounts = accounts
+        # Every Waldur user the bridge has seen (users, emails): their template IDs are managed.
+        self.known_users = known_users
+        self._template_index: dict[str, str] = {}
+        self._template_index_key: tuple[int, int] | None = None
         self.mode = config["bridge.user_mapping.mode"]
         self.mxid_template = config["bridge.user_mapping.template"]
         self.displayname_template = config["bridge.displayname_template"]
@@ -169,10 +184,57 @@ class Reconciler:
         puppet = await Puppet.get_for_waldur_user(user_uuid, username, "")
         return puppet.mxid, puppet
 
-    async def managed_ids(self, desired: DesiredRoom) -> frozenset[str]:
+    async def managed_ids(
+        self, desired: DesiredRoom, present: frozenset[str] = frozenset()
+    ) -> frozenset[str]:
+        """The Matrix IDs the bridge maps from Waldur users: the desired members, puppets,
+        every link, and (template mode) the template's ID of any Waldur user the bridge can
+        see among `present` (the room's members). A person who lost every role stays managed,
+        so they can be removed (the planner also counts whoever the bridge brought in)."""
         ids = set(desired.members) | set(Puppet.by_mxid)
         ids.update((await self.links()).values())
+        if self.mode == "template" and present:
+            index = self.template_index()
+            ids.update(user_id for user_id in present if user_id in index)
         return frozenset(ids)
+
+    def template_index(self) -> dict[str, str]:
+        """Template Matrix ID -> Waldur user UUID for every user the bridge knows, rebuilt
+        when the directory's users change (a sweep's snapshot, single reads)."""
+        if self.known_users is None:
+            return self._template_index
+        users, emails = self.known_users()
+        key = (id(users), len(users))
+        if key != self._template_index_key:
+            index: dict[str, str] = {}
+            for user_uuid, user in users.items():
+                mxid = identity.template_mxid(
+                    self.mxid_template,
+                    username=user.username,
+                    user_uuid=user_uuid,
+                    email=emails.get(user_uuid, ""),
+                )
+                if mxid is not None:
+                    index[mxid] = user_uuid
+            self._template_index = index
+            self._template_index_key = key
+        return self._template_index
+
+    async def missing_accounts(
+        self, desired: DesiredRoom, current: CurrentRoom | None
+    ) -> frozenset[str]:
+        """Own accounts (not puppets) the plan may invite that the homeserver does not have."""
+        if self.accounts is None:
+            return frozenset()
+        candidates = []
+        for user_id, member in desired.members.items():
+            if member.join_as_puppet:
+                continue
+            cur = current.members.get(user_id) if current is not None else None
+            if cur is not None and cur.membership in ("join", "invite", "ban"):
+                continue
+            candidates.append(user_id)
+        return await self.accounts.missing_of(candidates)
 
     async def links(self) -> dict[str, str]:
         """Admins' explicit links (Waldur user -> Matrix ID), read once and kept in memory:
@@ -186,18 +248,23 @@ class Reconciler:
         self._links = None
 
     def initial_team(
-        self, desired: DesiredRoom, bot_mxid: str, domain: str
+        self,
+        desired: DesiredRoom,
+        bot_mxid: str,
+        domain: str,
+        missing: frozenset[str] = frozenset(),
     ) -> tuple[list[str], dict[str, int]]:
         """Whom a new room's createRoom invites, and the levels it starts with.
 
         Only accounts on this homeserver are invited there: a remote server that fails the
         invite would fail the whole request. Remote members get their level all the same and
-        are invited by the reconcile that follows.
+        are invited by the reconcile that follows. Local accounts that do not exist yet
+        (`missing`) are not invited.
         """
         invitees = [
             user_id
             for user_id in sorted(desired.members)
-            if user_id != bot_mxid and user_id.endswith(f":{domain}")
+            if user_id != bot_mxid and user_id.endswith(f":{domain}") and user_id not in missing
         ]
         levels = {
             user_id: member.power_level
@@ -341,10 +408,13 @@ class Reconciler:
             current = await self.current(portal, signatures, records, cached)
         ctx = PlanContext(
             bot_user_id=str(portal.az.bot_mxid),
-            managed_user_ids=await self.managed_ids(desired),
+            managed_user_ids=await self.managed_ids(desired, frozenset(current.members)),
             puppet_regex=self.puppet_regex,
             policy=policy,
             defer_removals=defer_removals,
+            missing_accounts=await self.missing_accounts(desired, current)
+            if desired.active
+            else frozenset(),
         )
         return plan(desired, current, ctx)
 
@@ -436,7 +506,13 @@ class Reconciler:
         if result.held or portal.project_uuid in self._held_projects:
             await self._record_held(portal, result)
         changes = await self._track_roles(
-            portal, result, records, signatures, displaynames, puppets
+            portal,
+            result,
+            records,
+            signatures,
+            displaynames,
+            puppets,
+            settled=desired.complete and desired.active and not defer_removals,
         )
         team = Team(desired, puppets, displaynames, signatures, user_uuids)
         return Result(result, outcome, changes, replaced, team, members=len(desired.members))
@@ -449,11 +525,16 @@ class Reconciler:
         signatures: dict[str, str],
         displaynames: dict[str, str],
         puppets: dict[str, Puppet],
+        *,
+        settled: bool = False,
     ) -> list[tuple[str, str, bool]]:
         """Remember each member's roles and say whose changed since the last reconcile.
 
         A room the bridge has no records of yet (a new portal, a fresh database) gets its
         records silently: nobody "gained" a role because the bridge just started looking.
+        With `settled` (a complete read, not a leading run), a person who declined and has
+        lost every role is remembered without roles, so a new grant counts as a change and
+        brings a new invite (invariant 15).
         """
         known_room = bool(records)
         changes: list[tuple[str, str, bool]] = []
@@ -474,6 +555,11 @@ class Reconciler:
                 changes += [(name, role, False) for role in sorted(old_roles - new_roles)]
             record.role_signature = signature
             await record.save()
+        if settled:
+            for user_id, record in records.items():
+                if user_id not in signatures and record.left_voluntarily and record.role_signature:
+                    record.role_signature = ""
+                    await record.save()
         for kick in (a for a in result.actions if isinstance(a, Kick)):
             record = records.get(kick.user_id)
             if record is None or not record.role_signature:

@@ -34,6 +34,7 @@ from ..metrics import (
 from ..portal import Portal
 from ..room_creation import AliasConflict
 from ..waldur import Event, WaldurError
+from .accounts import AccountCheck
 from .changes import (
     CUSTOMER_EVENTS,
     ORDER_EVENTS,
@@ -107,7 +108,20 @@ class SyncService:
         self.directory.on_user_lost = self.sessions.user_lost
         self.expiry = ExpiryTimers(lambda project: self.request_project(project, EXPIRY))
         self.executor = PlanExecutor(self.config["bridge.membership.concurrency"])
-        self.reconciler = Reconciler(self.config, self.policy, self.executor)
+        # Own accounts (template mode, and links in any mode) are checked before their first
+        # invite; puppets are the bridge's own and always exist.
+        self.accounts = AccountCheck(
+            bridge.az,
+            self.config["homeserver.domain"],
+            bridge.notify_admins if self.config["bridge.management_room"] else None,
+        )
+        self.reconciler = Reconciler(
+            self.config,
+            self.policy,
+            self.executor,
+            accounts=self.accounts,
+            known_users=lambda: (self.directory.users, self.directory.emails),
+        )
         # Each room's membership changes go one at a time, so more rooms are in flight than
         # writes: the write limit (the executor's) is shared round robin by every room in
         # flight, and a few rooms with long queues of joins never leave the homeserver idle.
@@ -184,6 +198,7 @@ class SyncService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.stop(grace)
         await self.sessions.stop()
+        await self.accounts.stop()
         await self.spaces.stop()
         self.expiry.cancel_all()
 
@@ -330,6 +345,9 @@ class SyncService:
                 SWEEPS.labels(outcome="failed").inc()
                 raise
             self._sweeps += 1
+            # Accounts missing at the last look are asked about again: a first login since
+            # then is invited within this sweep.
+            self.accounts.forget_missing()
             queued: set[str] = set()
             for portal in await Portal.all():
                 if portal.state == states.DISABLED:
@@ -531,8 +549,9 @@ class SyncService:
         # invites carry the names.
         await self.executor.prepare_puppets(puppets, displaynames)
         bot = str(self.bridge.az.bot_mxid)
+        missing = await self.reconciler.missing_accounts(desired, None)
         invitees, levels = self.reconciler.initial_team(
-            desired, bot, self.config["homeserver.domain"]
+            desired, bot, self.config["homeserver.domain"], missing
         )
         try:
             async with self.executor.semaphore:
@@ -732,9 +751,24 @@ class SyncService:
     # endregion
     # region membership events from the homeserver
 
-    async def on_member_left(self, portal: Portal, user_id: str, voluntarily: bool) -> None:
-        if await PortalMember.record_left(portal.project_uuid, user_id, voluntarily):
+    async def on_member_left(
+        self, portal: Portal, user_id: str, voluntarily: bool, how: str = "left the room"
+    ) -> None:
+        outcome = await PortalMember.record_left(portal.project_uuid, user_id, voluntarily)
+        if outcome == "look":
             self.request_project(portal.project_uuid, "member-kicked", hint=True)
+        elif outcome == "declined":
+            await self.executor.record_decline(portal, user_id, how)
+
+    async def ask_back(self, portal: Portal, user_id: str, asked_by: str) -> bool:
+        """A person who declined asks to come back (or an admin asks for them): the decline is
+        forgotten and the room reconciled, which invites them if they hold a role. False when
+        no decline was recorded (the reconcile runs all the same)."""
+        cleared = await PortalMember.clear_decline(portal.project_uuid, user_id)
+        if cleared:
+            await self.executor.record_undecline(portal, user_id, asked_by)
+        self.request_project(portal.project_uuid, "asked-back")
+        return cleared
 
     async def on_member_invited(self, portal: Portal, user_id: str, inviter: str) -> None:
         if inviter != portal.az.bot_mxid:

@@ -670,6 +670,17 @@ class SpaceSync:
             verify_joins=cached,
         )
         await self._report_holds(space, plan.held)
+        if active and room.complete:
+            # Someone who declined the space and lost every role: a new grant is a change of
+            # roles and brings a new invite (as in rooms).
+            for user_id, record in records.items():
+                if (
+                    user_id not in merged.signatures
+                    and record.left_voluntarily
+                    and record.role_signature
+                ):
+                    record.role_signature = ""
+                    await record.save()
         if outcome.failed:
             raise HomeserverWritesFailed(
                 f"{outcome.failed} homeserver write(s) in the space failed: "
@@ -710,9 +721,14 @@ class SpaceSync:
     # endregion
     # region membership events in spaces
 
-    async def on_member_left(self, space: Space, user_id: str, voluntarily: bool) -> None:
-        if await SpaceMember.record_left(space.project_uuid, user_id, voluntarily):
+    async def on_member_left(
+        self, space: Space, user_id: str, voluntarily: bool, how: str = "left the space"
+    ) -> None:
+        outcome = await SpaceMember.record_left(space.project_uuid, user_id, voluntarily)
+        if outcome == "look":
             self.request(space.customer_uuid, "member-kicked")
+        elif outcome == "declined":
+            await self.service.executor.record_decline(space, user_id, how)  # type: ignore[arg-type]
 
     async def on_member_invited(self, space: Space, user_id: str, inviter: str) -> None:
         if inviter != self.bridge.az.bot_mxid:
