@@ -99,6 +99,8 @@ class Facts:
     held_since: datetime | None = None
     held_cause: str = ""
     never_kick: bool = False
+    # An own account (not a puppet) on this homeserver that does not exist yet.
+    account_missing: bool = False
     complete: bool = True
     problems: Sequence[str] = ()
     history_problem: str = ""
@@ -277,6 +279,11 @@ def format_why(facts: Facts, now: datetime, exact: bool = False) -> str:
             f"- Removal held {_when(facts.held_since, now, exact)} by the mass-removal guard "
             f"({_md(facts.held_cause)}): `approve {_md(facts.project_name)}` removes them, "
             "`reject` keeps them"
+        )
+    if facts.account_missing:
+        lines.append(
+            f"- Waiting: {_md(facts.mxid)} does not exist on the homeserver yet; the bridge "
+            "invites it within a sweep of its first login"
         )
     if facts.never_kick:
         lines.append(
@@ -530,6 +537,12 @@ async def gather(
     is_puppet = puppet is not None or (
         mxid is not None and await Puppet.get_by_mxid(mxid) is not None
     )
+    # Own accounts are asked for (puppets are the bridge's own): one profile read at most.
+    missing = (
+        await service.accounts.missing_of([mxid])
+        if mxid and not is_puppet and member is not None
+        else frozenset()
+    )
     held_in_room = await HeldRemoval.all(project_uuid)
     held_count = len(held_in_room)
     held = [h for h in held_in_room if h.mxid == mxid] if mxid else []
@@ -559,6 +572,7 @@ async def gather(
         held_since=(datetime.fromtimestamp(held[0].created_at / 1000, UTC) if held else None),
         held_cause=f"{held_count} removal(s) held in this room" if held else "",
         never_kick=bool(mxid and policy.matches_never_kick(mxid)),
+        account_missing=bool(mxid and mxid in missing),
         complete=view.complete if view is not None else True,
         problems=tuple(view.problems) if view is not None else (),
         history_problem=history_problem,

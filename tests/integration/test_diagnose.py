@@ -201,3 +201,51 @@ async def test_high_availability_check_sees_the_lock_and_a_standby_that_stops(
         finally:
             await standby.kill()
             await bridge_env.stop()
+
+
+async def test_missing_own_accounts_in_why_and_diagnose(bridge_env: BridgeEnv) -> None:
+    """Template mode: a person whose Matrix account does not exist yet is "waiting" in `why`;
+    `diagnose` fails while most own accounts are missing, and passes once they exist."""
+    sim = bridge_env.sim
+    s = secrets.token_hex(3)
+    admin_id, token = await bridge_env.hs.register_user(f"owndiag{s}", "pw")
+    admin = MatrixTestUser(bridge_env.hs.url, admin_id, token)
+    org = sim.add_customer("Own Org")
+    project = sim.add_project(org, "Owned")
+    names = [f"ann{s}", f"bo{s}", f"cy{s}"]
+    for name in names:
+        sim.grant(sim.add_user(name, name.title()), project, "PROJECT.MEMBER")
+    await bridge_env.hs.register_user(names[0], "pw")  # only Ann has logged in
+    try:
+        await bridge_env.start(
+            **{
+                "bridge.user_mapping.mode": "template",
+                "bridge.user_mapping.template": "@{username}:localhost",
+                "bridge.management_room": f"#waldur_own-{s}:localhost",
+                "bridge.permissions": {"*": "user", admin_id: "admin"},
+            }
+        )
+        await bridge_env.register_webhook()
+        await bridge_env.sweep()
+        mgmt = await admin.wait_for_invite(timeout=10)
+        await admin.join(mgmt)
+        await bridge_env.portal_room(project)
+
+        text = (await ask(admin, mgmt, f"why bo{s} Owned", containing="Waiting"))["body"]
+        assert f"Waiting: @bo{s}:localhost does not exist on the homeserver yet" in text, text
+        text = (await ask(admin, mgmt, f"why ann{s} Owned", containing="ann"))["body"]
+        assert "Waiting" not in text and "Room: invited" in text, text
+
+        report = (await ask(admin, mgmt, "diagnose", timeout=30, containing="Diagnostics"))["body"]
+        assert failed(report) == ["Own Matrix accounts exist"], report
+        assert f"2 of 3 own account(s) do not exist yet: @bo{s}:localhost, @cy{s}:localhost" in (
+            report
+        )
+
+        for name in names[1:]:
+            await bridge_env.hs.register_user(name, "pw")
+        report = (await ask(admin, mgmt, "diagnose", timeout=30, containing="Diagnostics"))["body"]
+        assert not failed(report), report
+        assert "all 3 own account(s) the bridge asked about exist" in report
+    finally:
+        await admin.close()
