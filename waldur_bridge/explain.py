@@ -307,7 +307,9 @@ def format_why(facts: Facts, now: datetime, exact: bool = False) -> str:
             room.membership == "leave" and room.left_by_self and not facts.puppet
         ):
             lines.append(
-                "- Not invited again until their roles change; they can join by themselves"
+                "- Not invited again until their roles change: `!join "
+                f"{_md(facts.project_name)}` in a direct chat with the bot (or an admin's "
+                "`invite`) brings a new invite"
             )
         lines.append(f"- Would change it: {_change_in(facts, counted)}")
     elif facts.project_gone or facts.user_gone:

@@ -154,6 +154,13 @@ async def test_why_explains_grants_revokes_expiry_deactivation_holds_and_self(
         await wait_for(kim_declined, 10, "Kim's leave recorded")
         text = (await ask(kim, dm, "!why Tracked", containing="Kim"))["body"]
         assert "Room: declined" in text and "Not invited again" in text, text
+        assert "`!join Tracked` in a direct chat" in text
+
+        # Asking to come back: the next why sees the new invite.
+        await ask(kim, dm, "!join Tracked")
+        await wait_for(kim_invited, 10, "Kim invited again")
+        text = (await ask(kim, dm, "!why Tracked", containing="Kim"))["body"]
+        assert "Room: invited, not joined yet" in text and "declined" not in text, text
     finally:
         await admin.close()
         await kim.close()
