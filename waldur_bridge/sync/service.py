@@ -387,6 +387,8 @@ class SyncService:
     async def _after_initial_sync(self) -> None:
         assert self.progress is not None
         await self.progress.report(self.config["bridge.portals.progress_interval"])
+        # The rooms the first sync created, for the metrics (sweeps count them again).
+        self.portal_counts = await Portal.count_by_state()
         await self.report_duplicates()
 
     async def report_duplicates(self) -> None:
@@ -690,6 +692,8 @@ class SyncService:
             log.warning("Could not post the closing notice in %s: %s", portal.room_id, e)
         result = await self._close(portal, reason)
         await self.spaces.portal_closed(portal)
+        self.room_members.pop(portal.project_uuid, None)
+        self.portal_counts = await Portal.count_by_state()
         return result
 
     async def _close(self, portal: Portal, reason: str) -> Result:
