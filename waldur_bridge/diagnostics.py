@@ -321,7 +321,10 @@ async def _homeserver_clock(bridge: WaldurBridge) -> str:
         date = response.headers.get("Date")
     local = (sent + time.time()) / 2
     if not date:
-        raise CheckFailed("the homeserver's answer has no Date header")
+        raise CheckFailed(
+            "the homeserver's answer has no Date header",
+            "Check the reverse proxy in front of the homeserver; it should pass Date on.",
+        )
     offset = email.utils.parsedate_to_datetime(date).timestamp() - local
     return _skew(
         offset,
@@ -351,7 +354,11 @@ async def _namespaces(bridge: WaldurBridge) -> str:
                 "bridge.username_template, install it and restart the homeserver.",
             ) from e
         if "not registered" not in (e.message or ""):
-            raise CheckFailed(f"could not tell: {e.errcode} {e.message}") from e
+            raise CheckFailed(
+                f"could not tell: {e.errcode} {e.message}",
+                "Compare the namespaces of the registration the homeserver loaded with "
+                "bridge.username_template and bridge.alias_template.",
+            ) from e
     rooms = [bridge.management.room_id] if bridge.management.room_id else []
     rooms = rooms or await bridge.az.intent.get_joined_rooms()
     if not rooms:
@@ -389,7 +396,10 @@ async def _rate_limits(bridge: WaldurBridge) -> str:
         )
     failed = [r for r in results if isinstance(r, Exception)]
     if failed:
-        raise CheckFailed(f"{len(failed)} of {RATE_LIMIT_BURST} requests failed: {failed[0]}")
+        raise CheckFailed(
+            f"{len(failed)} of {RATE_LIMIT_BURST} requests failed: {failed[0]}",
+            "See `Homeserver reachable` and `AS token accepted` above.",
+        )
     took = (time.monotonic() - started) * 1000
     return f"{RATE_LIMIT_BURST} quick requests answered in {took:.0f} ms, none refused"
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from mautrix.types import UserID
+
 from .. import messages as fmt
 from ..db import AuditEntry
 from ..portal import Portal
+from ..puppet import Puppet
 from .admin import admin_command, portal_for, resolve_user, run
 from .handler import SECTION_SAFETY, CommandError, WaldurCommandEvent, parse_args
 
@@ -35,6 +38,17 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when
+
+
+async def _named(target: str) -> str:
+    """A puppet's Matrix ID with its display name first ("Ann Lee (@waldur_ann:x)"); other
+    targets (own accounts, power-level lists) as they are."""
+    if not target.startswith("@") or "=" in target:
+        return target
+    puppet = await Puppet.get_by_mxid(UserID(target))
+    if puppet is None or not puppet.displayname:
+        return target
+    return f"{puppet.displayname} ({target})"
 
 
 @admin_command(
@@ -88,11 +102,15 @@ async def audit(evt: WaldurCommandEvent) -> None:
         if key not in names:
             found = await Portal.get_by_project(key) if key else None
             names[key] = found.name if found and found.name else (key or "(no room)")
+    people: dict[str, str] = {}
+    for entry in entries:
+        if entry.target and entry.target not in people:
+            people[entry.target] = await _named(entry.target)
     lines = [
         fmt.AuditLine(
             when=datetime.fromtimestamp(entry.ts / 1000, UTC),
             action=entry.action,
-            target=entry.target,
+            target=people.get(entry.target or "", entry.target),
             room=names[entry.project_uuid or ""],
             cause=entry.cause,
             outcome=entry.outcome,
