@@ -484,31 +484,38 @@ async def gather(
     if user_uuid is None:
         room = await room_facts(bridge, portal, mxid, puppet=False)
         return dataclasses.replace(base, mxid=mxid, room=room)
-    view: ProjectView | None = None
-    project_gone = False
-    try:
-        view = await service.directory.read_project(project_uuid)
-    except ProjectGone:
-        project_gone = True
+    # The three reads go out at once; only the history may fail without failing the answer.
+    project_read, user_read, history_read = await asyncio.gather(
+        service.directory.read_project(project_uuid),
+        bridge.waldur.get_user(user_uuid),
+        bridge.waldur.list_user_grant_history(user_uuid),
+        return_exceptions=True,
+    )
+    for outcome in (project_read, user_read):
+        if isinstance(outcome, BaseException) and not isinstance(
+            outcome, ProjectGone | WaldurNotFound
+        ):
+            raise outcome
+    view = project_read if isinstance(project_read, ProjectView) else None
+    project_gone = isinstance(project_read, ProjectGone)
+    user_gone = isinstance(user_read, WaldurNotFound)
     user_active: bool | None = None
-    user_gone = False
     username = full_name = email = ""
-    try:
-        user = await bridge.waldur.get_user(user_uuid)
-        user_active, username, full_name, email = (
-            user.is_active,
-            user.username,
-            user.full_name,
-            user.email or "",
+    if not isinstance(user_read, BaseException):
+        user_active, username, full_name = (
+            user_read.is_active,
+            user_read.username,
+            user_read.full_name,
         )
-    except WaldurNotFound:
-        user_gone = True
+        email = user_read.email or ""
     history: list[RoleGrant] = []
     history_problem = ""
-    try:
-        history = await bridge.waldur.list_user_grant_history(user_uuid)
-    except WaldurError as e:
-        history_problem = str(e)
+    if isinstance(history_read, WaldurError):
+        history_problem = str(history_read)
+    elif isinstance(history_read, BaseException):
+        raise history_read
+    else:
+        history = history_read
     project = view.project if view is not None else None
     customer_uuid = project.customer_uuid if project else (portal.customer_uuid if portal else "")
     org_name = project.customer_name if project else ""
