@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,8 +36,6 @@ from .waldur import RoleGrant, WaldurError, WaldurNotFound
 if TYPE_CHECKING:
     from .__main__ import WaldurBridge
     from .portal import Portal
-
-log = logging.getLogger("waldur.explain")
 
 # The role whose grant would bring a person in, named in "what would change it".
 SUGGESTED_ROLE = "PROJECT.MEMBER"
