@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mautrix.types import EventType
@@ -15,7 +17,15 @@ from waldur_bridge.db import BridgeInstance, CustomerSpace
 from waldur_bridge.db.base import now_ms
 from waldur_devenv.ha import BridgeProcess, fresh_postgres_database
 from waldur_devenv.matrix_user import MatrixTestUser
-from waldur_devenv.synapse import free_port
+from waldur_devenv.synapse import (
+    AppserviceHomeserver,
+    LocalSynapse,
+    SynapseNotInstalled,
+    free_port,
+    write_registration,
+)
+from waldur_devenv.testing import make_registration
+from waldur_simulator import WaldurSimulator
 
 from .helpers import BridgeEnv, wait_for
 from .test_commands import ask
@@ -249,3 +259,49 @@ async def test_missing_own_accounts_in_why_and_diagnose(bridge_env: BridgeEnv) -
         assert "all 3 own account(s) the bridge asked about exist" in report
     finally:
         await admin.close()
+
+
+class _RateLimitedSynapse(LocalSynapse):
+    """A Synapse that limits profile reads to a burst of three (Synapse's own limiter)."""
+
+    def config(self) -> dict[str, Any]:
+        cfg = super().config()
+        cfg["rc_profile"] = {"per_second": 0.1, "burst_count": 3}
+        return cfg
+
+
+@pytest.fixture
+def limiting_homeserver(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AppserviceHomeserver]:
+    """A homeserver of its own whose registration leaves the bridge rate-limited."""
+    workdir = tmp_path_factory.mktemp("limited-synapse")
+    as_port = free_port()
+    registration = make_registration(
+        as_port, {"as_token": secrets.token_hex(16), "hs_token": secrets.token_hex(16)}
+    )
+    registration["rate_limited"] = True
+    path = write_registration(workdir / "registration.yaml", registration)
+    try:
+        hs = _RateLimitedSynapse(workdir, registration_path=path)
+    except SynapseNotInstalled as e:
+        pytest.skip(str(e))
+    hs.start_blocking()
+    try:
+        yield AppserviceHomeserver(hs, registration, path, as_port)
+    finally:
+        hs.stop_blocking()
+
+
+async def test_rate_limited_registration_fails_its_check(
+    limiting_homeserver: AppserviceHomeserver, simulator: WaldurSimulator, tmp_path: Path
+) -> None:
+    env = BridgeEnv(limiting_homeserver, simulator, tmp_path)
+    try:
+        bridge = await env.start()
+        checks = await diagnostics.run_diagnostics(bridge)
+        check = next(c for c in checks if c.name == "Homeserver does not rate-limit the bridge")
+        assert not check.ok, check
+        assert "refused with 429" in check.detail and "rate_limited: false" in check.fix
+    finally:
+        await env.close()
