@@ -314,7 +314,7 @@ async def _waldur_clock(bridge: WaldurBridge) -> str:
 
 async def _homeserver_clock(bridge: WaldurBridge) -> str:
     api = bridge.az.intent.api
-    url = str(api.base_url).rstrip("/") + "/_matrix/client/versions"
+    url = bridge.config["homeserver.address"].rstrip("/") + "/_matrix/client/versions"
     sent = time.time()
     async with api.session.get(url) as response:
         await response.read()

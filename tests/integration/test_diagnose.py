@@ -3,13 +3,18 @@ fault is made (real Synapse, the simulator in both generations)."""
 
 from __future__ import annotations
 
+import email.utils
 import re
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from mautrix.types import EventType
 
 from waldur_bridge import diagnostics
@@ -30,6 +35,37 @@ from waldur_simulator import WaldurSimulator
 from .helpers import BridgeEnv, wait_for
 from .test_commands import ask
 from .test_high_availability import _postgres_url
+
+
+@asynccontextmanager
+async def skewed_proxy(upstream: str, offset: float) -> AsyncIterator[str]:
+    """A reverse proxy in front of the homeserver whose Date header is `offset` seconds off."""
+
+    async def forward(request: web.Request) -> web.Response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method, upstream + request.path_qs, data=await request.read()
+            ) as upstream_response,
+        ):
+            body = await upstream_response.read()
+        response = web.Response(body=body, status=upstream_response.status)
+        response.headers["Content-Type"] = upstream_response.headers.get(
+            "Content-Type", "application/json"
+        )
+        response.headers["Date"] = email.utils.formatdate(time.time() + offset, usegmt=True)
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def failed(report: str) -> list[str]:
@@ -84,6 +120,16 @@ async def test_diagnose_checks_and_the_faults_that_fail_them(
         # Failures come first.
         assert report.splitlines()[2].startswith("- ❌ **Clock against Waldur**")
         sim.date_offset = 0
+
+        # The homeserver's clock ten minutes behind (its answers pass a proxy that says so).
+        async with skewed_proxy(bridge_env.hs.url, -600) as proxy_url:
+            bridge.config["homeserver.address"] = proxy_url
+            try:
+                report = await diagnose()
+            finally:
+                bridge.config["homeserver.address"] = bridge_env.hs.url
+        assert failed(report) == ["Clock against the homeserver"], report
+        assert re.search(r"(599|600|601) s behind this machine's", report), report
 
         # A token whose account is no longer staff sees only part of Waldur.
         me = sim.authenticate(sim.staff_token)
