@@ -168,6 +168,49 @@ async def test_a_grant_acts_at_once_and_a_revoke_waits_for_the_settled_run(
     await wait_for(lambda: _gone(bridge_env, other, p("dave")), 20, "dave removed")
 
 
+@both_generations
+async def test_grants_in_a_stream_join_at_once_and_a_role_change_in_it_never_kicks(
+    bridge_env: BridgeEnv,
+) -> None:
+    """A grant that arrives while the project's run is in flight joins right after that run,
+    long before the settled run; a revoke and grant of one person inside the stream (a role
+    change) promotes them and never kicks."""
+    sim = bridge_env.sim
+    window = 30.0  # no settled run can happen while the test waits for the joins
+    ids, room = await _team_with_bob_joined(
+        bridge_env,
+        **{
+            "bridge.membership.settle_seconds": window,
+            "bridge.membership.settle_max_wait": window,
+        },
+    )
+    p = bridge_env.puppet
+    queue = bridge_env.bridge.sync.queue
+    # The next read of the project's team takes a second: a run is in flight meanwhile.
+    slow = sim.faults.delay(1.0, f"/api/projects/{ids['project']}/list_users/", times=1)
+    started, since = time.monotonic(), time.time()
+    fay = sim.add_user("fay", "Fay Foster")
+    sim.grant(fay, ids["project"], "PROJECT.MEMBER")
+    await wait_for(lambda: _true(slow.hits == 1), 20, "the slow read to start")
+    gus = sim.add_user("gus", "Gus Grant")
+    sim.grant(gus, ids["project"], "PROJECT.MEMBER")
+    sim.revoke(ids["bob"], ids["project"], "PROJECT.MEMBER")
+    sim.grant(ids["bob"], ids["project"], "PROJECT.ADMIN")
+    await wait_for(lambda: _joined(bridge_env, room, p("gus")), 20, "gus to join in the stream")
+    assert time.monotonic() - started < window, "the grant waited for the settled run"
+    await wait_for(lambda: _level(bridge_env, room, p("bob"), 50), 20, "bob promoted")
+    assert await _joined(bridge_env, room, p("fay"))
+    assert await _joined(bridge_env, room, p("bob"))
+    # Reads coalesce: the hints that came while the slow read ran made one run after it.
+    project_reads = _project_reads(bridge_env, ids["project"], since)
+    assert project_reads <= 3, project_reads
+
+    # The admin's run ends the window in full: still nobody kicked.
+    await bridge_env.bridge.sync.sync_now(ids["project"])
+    assert await _kicks(ids["project"]) == []
+    assert not queue.is_queued(ids["project"])
+
+
 async def _true(value: bool) -> bool:
     return value
 

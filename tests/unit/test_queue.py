@@ -300,70 +300,117 @@ async def test_without_background_reasons_arrival_order_holds() -> None:
     assert runs == ["a", "b", "c", "d"]
 
 
-async def test_a_hint_about_a_quiet_key_leads_and_later_hints_settle() -> None:
-    """With `lead`, the first hint runs at once (marked LEADING); the burst behind it settles
-    into one run after the window, without the mark."""
-    runs: list[tuple[float, frozenset[str]]] = []
+async def test_hints_lead_at_once_and_coalesce_behind_the_run_in_progress() -> None:
+    """With `lead`, a hint runs at once (marked LEADING); the hints that arrive while it runs
+    become one run right after it, without waiting for a settle window."""
+    runs: list[frozenset[str]] = []
     gate = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     async def worker(key: str, reasons: frozenset[str]) -> None:
-        runs.append((loop.time(), reasons))
+        runs.append(reasons)
         await gate.wait()
 
-    settle = 0.3
-    queue = CoalescingQueue(worker, concurrency=2, settle=settle, max_wait=5, lead=True)
+    # A window no machine outlasts: any run that waited for it would never happen here.
+    queue = CoalescingQueue(worker, concurrency=2, settle=3600, max_wait=3600, lead=True)
     queue.start()
     try:
-        started = loop.time()
-        queue.request("p1", "revoke", hint=True)
+        queue.request("p1", "grant-0", hint=True)
         await until(lambda: runs)
-        # Hints while the leading run is in progress settle, however long it takes.
-        for i in range(50):
-            queue.request("p1", "grant" if i == 0 else f"hook-{i}", hint=True)
+        for i in range(1, 50):
+            queue.request("p1", f"grant-{i}", hint=True)
+        await asyncio.sleep(0.05)
+        assert len(runs) == 1, "a second run of the key started while one was in progress"
         gate.set()
         await queue.wait_idle(10)
     finally:
         await queue.stop()
-    assert len(runs) == 2
-    (_, lead), (settled_at, settled) = runs
-    assert lead == {"revoke", LEADING}
-    assert LEADING not in settled and "grant" in settled
-    assert settled_at - started >= settle
+    assert runs[0] == {"grant-0", LEADING}
+    assert runs[1] == {f"grant-{i}" for i in range(1, 50)} | {LEADING}
+    assert len(runs) == 2, "nothing asked for a settled run, so none came"
 
 
-async def test_a_hint_within_the_window_settles_and_a_quiet_key_leads_again() -> None:
+async def test_a_settled_run_follows_once_the_hints_are_quiet() -> None:
+    """A leading run that leaves removals asks for a settled run: it runs in full once the
+    key's hints have been quiet for the window, never during a stream beyond max_wait."""
+    runs: list[tuple[float, frozenset[str]]] = []
+    loop = asyncio.get_running_loop()
+    queue: CoalescingQueue
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append((loop.time(), reasons))
+        if "revoke" in reasons and LEADING in reasons:
+            queue.settle_later(key)
+
+    settle = 0.2
+    queue = CoalescingQueue(worker, concurrency=1, settle=settle, max_wait=5, lead=True)
+    queue.start()
+    try:
+        queue.request("p1", "revoke", hint=True)
+        await until(lambda: runs)
+        queue.request("p1", "grant", hint=True)
+        last_hint = loop.time()
+        assert queue.is_queued("p1")
+        await queue.wait_idle(10)  # an armed settled run counts as work to wait for
+    finally:
+        await queue.stop()
+    kinds = [LEADING in reasons for _, reasons in runs]
+    assert kinds == [True, True, False], runs
+    settled_at, settled = runs[-1]
+    assert "settled" in settled
+    assert settled_at - last_hint >= settle * 0.9
+
+
+async def test_a_stream_of_hints_never_starves_the_settled_run() -> None:
+    runs: list[tuple[float, frozenset[str]]] = []
+    loop = asyncio.get_running_loop()
+    queue: CoalescingQueue
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append((loop.time(), reasons))
+        if LEADING in reasons and not any(LEADING not in r for _, r in runs):
+            queue.settle_later(key)
+
+    settle, max_wait = 0.1, 0.4
+    queue = CoalescingQueue(worker, concurrency=1, settle=settle, max_wait=max_wait, lead=True)
+    queue.start()
+    started = loop.time()
+    try:
+        # Hints faster than the window, until the settled run came (a generous limit).
+        for i in range(5000):
+            queue.request("p1", f"hook-{i}", hint=True)
+            await asyncio.sleep(0.01)
+            if any(LEADING not in r for _, r in runs):
+                break
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    full = [t for t, r in runs if LEADING not in r]
+    assert full, "a steady stream starved the settled run"
+    assert full[0] - started >= max_wait * 0.9
+
+
+async def test_an_admin_run_is_full_even_while_hints_settle() -> None:
     runs: list[frozenset[str]] = []
 
     async def worker(key: str, reasons: frozenset[str]) -> None:
         runs.append(reasons)
 
-    # A window no machine outlasts here: the second hint cannot find the key quiet.
     queue = CoalescingQueue(worker, concurrency=1, settle=3600, max_wait=3600, lead=True)
     queue.start()
     try:
-        queue.request("p1", "a", hint=True)
-        await until(lambda: runs)
-        queue.request("p1", "b", hint=True)
-        await asyncio.sleep(0.05)
-        assert runs == [frozenset({"a", LEADING})]
-        assert queue.is_queued("p1")
-    finally:
-        await queue.stop()
-
-    runs.clear()
-    settle = 0.1
-    queue = CoalescingQueue(worker, concurrency=1, settle=settle, max_wait=1, lead=True)
-    queue.start()
-    try:
-        queue.request("p1", "a", hint=True)
+        queue.request("p1", "webhook", hint=True)
         await queue.wait_idle(10)
-        await asyncio.sleep(settle * 2)  # at least a window since the last hint
-        queue.request("p1", "c", hint=True)
+        queue.request("p1", "sweep", background=True)  # inside the window: additions only
+        await queue.wait_idle(10)
+        queue.request("p1", "admin")
         await queue.wait_idle(10)
     finally:
         await queue.stop()
-    assert runs == [frozenset({"a", LEADING}), frozenset({"c", LEADING})]
+    assert runs == [
+        frozenset({"webhook", LEADING}),
+        frozenset({"sweep", LEADING}),
+        frozenset({"admin"}),
+    ]
 
 
 async def test_a_hint_leads_past_queued_sweep_work_and_an_admin_run_is_never_leading() -> None:
@@ -439,3 +486,57 @@ async def test_busy_keys_and_the_done_callback() -> None:
     assert seen[0] == ("bad", {"good"})  # the failed key waits 60 s: not busy
     assert seen[1] == ("good", set())
     assert queue.is_queued("bad")
+
+
+async def test_repeats_of_a_hint_settle_and_news_still_leads() -> None:
+    """A thousand copies of one hook: the first leads and the repeats become one run when the
+    window closes, not a read each; a new hint in the middle of them still leads at once."""
+    runs: list[frozenset[str]] = []
+    gate = asyncio.Event()
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append(reasons)
+        await gate.wait()
+
+    settle = 0.3
+    queue = CoalescingQueue(worker, concurrency=2, settle=settle, max_wait=5, lead=True)
+    queue.start()
+    try:
+        queue.request("p1", "hook-0", hint=True, signature="granted:bob")
+        await until(lambda: runs)
+        gate.set()
+        await until(lambda: queue.busy() == set())
+        for i in range(1, 200):
+            queue.request("p1", f"hook-{i}", hint=True, signature="granted:bob")
+        key, wait = queue._next_ready()
+        assert key is None and wait is not None and wait > settle / 2, "a repeat led"
+        queue.request("p1", "eve", hint=True, signature="granted:eve")
+        await until(lambda: len(runs) >= 2)
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    assert runs[0] == {"hook-0", LEADING}
+    assert LEADING in runs[1] and "eve" in runs[1] and "hook-199" in runs[1]
+    assert len(runs) == 2
+
+
+async def test_a_hint_after_a_window_closed_opens_a_new_one() -> None:
+    """Windows that are over linger until the workers look; a hint then must start a new
+    window (a leading run), not run in full in the middle of a role change."""
+    runs: list[frozenset[str]] = []
+
+    async def worker(key: str, reasons: frozenset[str]) -> None:
+        runs.append(reasons)
+
+    settle = 0.05
+    queue = CoalescingQueue(worker, concurrency=1, settle=settle, max_wait=0.1, lead=True)
+    queue.start()
+    try:
+        queue.request("p1", "grant", hint=True, signature="granted:bob")
+        await queue.wait_idle(10)
+        await asyncio.sleep(0.2)  # the window is over, and nothing looked at it since
+        queue.request("p1", "revoke", hint=True, signature="revoked:bob")
+        await queue.wait_idle(10)
+    finally:
+        await queue.stop()
+    assert runs == [frozenset({"grant", LEADING}), frozenset({"revoke", LEADING})]

@@ -10,11 +10,15 @@ one run per settle window at most and still runs (no starvation). A role change 
 revoke then a grant; a run after the window sees both. Background requests (sweeps) run after
 ready hints, so a sweep over every room never delays the room a web hook asked about.
 
-With `lead`, the first hint about a quiet key (no hint in the last `settle` seconds, nothing
-running or settling) runs at once with the extra reason LEADING, and the hints after it settle
-as above. The worker does at once what cannot flap (additions, promotions) and leaves what a
-half-seen role change could get wrong (removals, demotions) to a settled run, which it asks
-for: a grant is felt within the homeserver's latency, a revoke still waits out the window.
+With `lead`, hints do not wait: each hint runs as soon as the key is free (nothing of it
+running), marked LEADING, and hints that arrive while a run is in progress merge into one run
+queued behind it (the reads coalesce, the additions do not wait). The worker does in a leading
+run what cannot flap (additions, promotions) and leaves what a half-seen role change could get
+wrong (removals, demotions) to a settled run, which it asks for with `settle_later`: that run
+comes once the key's hints have been quiet for `settle` seconds (at most `max_wait` after the
+first), so a grant is felt within the homeserver's latency however many follow it, and a
+revoke still waits out the window. Any run that starts while the key's window is open (a
+sweep's too) is a leading one; only an admin's request runs in full at once.
 """
 
 from __future__ import annotations
@@ -32,8 +36,6 @@ Worker = Callable[[str, frozenset[str]], Awaitable[None]]
 
 # The reason added to a leading run (see the module doc).
 LEADING = "leading"
-# Hint times kept per key for leading runs; older ones are pruned past this many keys.
-_HINT_MEMORY = 4096
 
 
 @dataclass
@@ -45,7 +47,22 @@ class _Pending:
     settling_since: float | None = None
     # Only background requests (sweeps) so far: runs after ready foreground work.
     background: bool = True
+    # An admin asked: runs in full even while the key's hints settle.
+    force_full: bool = False
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+@dataclass
+class _Window:
+    """A key's settle window with `lead`: open while its hints keep coming."""
+
+    since: float
+    due: float
+    # A run left removals to the settled run: one runs in full when the window closes.
+    armed: bool = False
+    # What the window's hints said (event and people): a hint that says it again is noise (a
+    # thousand copies of one hook, a hook and the events poll) and settles instead of leading.
+    seen: set[str] = field(default_factory=set)
 
 
 class CoalescingQueue:
@@ -81,7 +98,8 @@ class CoalescingQueue:
         self._expected = expected
         self.max_wait = max(max_wait, settle)
         self.lead = lead
-        self._last_hint: dict[str, float] = {}
+        # With `lead`: keys whose hints are settling (see the module doc).
+        self._windows: dict[str, _Window] = {}
         self._pending: dict[str, _Pending] = {}
         self._running: set[str] = set()
         self._wakeup = asyncio.Event()
@@ -101,29 +119,35 @@ class CoalescingQueue:
         await asyncio.wait_for(future, timeout)
 
     def request(
-        self, key: str, reason: str, *, hint: bool = False, background: bool = False
+        self,
+        key: str,
+        reason: str,
+        *,
+        hint: bool = False,
+        background: bool = False,
+        signature: str | None = None,
     ) -> None:
         """Queue a run of `key`.
 
         hint: a change notice (web hook, events poll) that settles first (see the module doc).
         background: a sweep's request; it neither cuts a settle window short nor goes before
         foreground work. Anything else (admin actions) runs as soon as a slot is free.
+        signature: what a hint says (event and people); with `lead`, a hint that repeats one
+        already seen in the key's window settles instead of leading.
         """
         now = time.monotonic()
+        if self.lead and self.settle > 0:
+            self._request_leading(
+                key, reason, hint=hint, background=background, now=now, signature=signature
+            )
+            return
         pending = self._pending.get(key)
-        leading = hint and self._quiet(key, pending, now)
         if pending is None:
             pending = self._pending[key] = _Pending(reasons={reason}, background=background)
         else:
             pending.reasons.add(reason)
             pending.background = pending.background and background
         if hint and self.settle > 0:
-            self._remember_hint(key, now)
-        if leading:
-            pending.reasons.add(LEADING)
-            pending.background = False
-            pending.not_before = 0.0
-        elif hint and self.settle > 0:
             if pending.settling_since is None:
                 pending.settling_since = now
             pending.not_before = min(now + self.settle, pending.settling_since + self.max_wait)
@@ -131,26 +155,101 @@ class CoalescingQueue:
             # An admin's request beats a settle window and a retry timer: run now, in full.
             pending.not_before = 0.0
             pending.settling_since = None
-            pending.reasons.discard(LEADING)
         elif pending.settling_since is None:
             # Fresh information beats a retry timer.
             pending.not_before = 0.0
         self._idle.clear()
         self._wakeup.set()
 
-    def _quiet(self, key: str, pending: _Pending | None, now: float) -> bool:
-        """Whether a hint about `key` may run at once as a leading run."""
-        if not self.lead or self.settle <= 0 or key in self._running:
-            return False
-        if pending is not None and not (pending.background and pending.settling_since is None):
-            return False  # a hint, an admin's request or a retry is already waiting
-        last = self._last_hint.get(key)
-        return last is None or now - last >= self.settle
+    def _request_leading(
+        self,
+        key: str,
+        reason: str,
+        *,
+        hint: bool,
+        background: bool,
+        now: float,
+        signature: str | None,
+    ) -> None:
+        """`request` with `lead`: hints run at once (or right after the run in progress)."""
+        pending = self._pending.get(key)
+        news_waits = pending is not None and pending.not_before == 0.0
+        if pending is None:
+            pending = self._pending[key] = _Pending(reasons={reason}, background=background)
+        else:
+            pending.reasons.add(reason)
+            pending.background = pending.background and background
+        if hint:
+            window = self._windows.get(key)
+            if window is None or window.due <= now:
+                # A new burst (windows that are over are removed lazily): a settled run still
+                # owed waits for the new window, which may hold half a role change.
+                armed = window is not None and window.armed
+                window = self._windows[key] = _Window(now, now + self.settle, armed=armed)
+            else:
+                window.due = min(now + self.settle, window.since + self.max_wait)
+            pending.background = False
+            if signature is None or signature not in window.seen:
+                # News: it runs as soon as the key is free (it beats a retry timer too).
+                if signature is not None:
+                    window.seen.add(signature)
+                pending.not_before = 0.0
+            elif not news_waits:
+                # A repeat: it waits for the window, unless something already waits to run.
+                pending.not_before = window.due
+        elif not background:
+            # An admin's request beats a settle window and a retry timer: run now, in full.
+            pending.not_before = 0.0
+            pending.force_full = True
+            self._windows.pop(key, None)
+        else:
+            pending.not_before = 0.0
+        self._idle.clear()
+        self._wakeup.set()
 
-    def _remember_hint(self, key: str, now: float) -> None:
-        self._last_hint[key] = now
-        if len(self._last_hint) > _HINT_MEMORY:
-            self._last_hint = {k: t for k, t in self._last_hint.items() if now - t < self.settle}
+    def settle_later(self, key: str) -> None:
+        """A leading run left removals or demotions: run `key` in full once its hints have
+        settled (at once if its window is already over)."""
+        now = time.monotonic()
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(now, now + self.settle)
+        window.armed = True
+        self._idle.clear()
+        self._wakeup.set()
+
+    def _take(self, key: str, now: float) -> _Pending:
+        """Pop the pending run of `key`, leading while its window is open."""
+        pending = self._pending.pop(key)
+        if not self.lead or self.settle <= 0:
+            return pending
+        window = self._windows.get(key)
+        if pending.force_full or window is None or window.due <= now:
+            # Nothing settling (a sweep, a retry), an admin, or the window is over: in full.
+            self._windows.pop(key, None)
+            pending.reasons.discard(LEADING)
+        else:
+            pending.reasons.add(LEADING)
+        return pending
+
+    def _close_windows(self, now: float) -> float | None:
+        """Windows that are over: an armed one queues its settled run; returns how long
+        until the next armed window closes."""
+        soonest: float | None = None
+        for key, window in list(self._windows.items()):
+            if key in self._running:
+                continue
+            if window.due > now:
+                if window.armed and (soonest is None or window.due < soonest):
+                    soonest = window.due
+                continue
+            del self._windows[key]
+            if window.armed:
+                pending = self._pending.setdefault(key, _Pending(background=False))
+                pending.reasons.add("settled")
+                pending.background = False
+                pending.not_before = 0.0
+        return soonest
 
     def _retry_later(self, key: str, failed: _Pending) -> float | None:
         """Queue a retry; returns its delay, or None when a newer request already waits."""
@@ -171,17 +270,21 @@ class CoalescingQueue:
         )
         return delay
 
+    def _armed(self) -> set[str]:
+        return {k for k, w in self._windows.items() if w.armed}
+
     def is_queued(self, key: str) -> bool:
         """Whether a run of `key` waits (settling, on a retry timer or for a slot)."""
-        return key in self._pending
+        return key in self._pending or key in self._armed()
 
     def busy(self) -> set[str]:
         """The keys running or due to run soon: queued, except those waiting out a retry."""
-        return self._running | {k for k, p in self._pending.items() if not p.failures}
+        ready = {k for k, p in self._pending.items() if not p.failures}
+        return self._running | ready | self._armed()
 
     @property
     def size(self) -> int:
-        return len(self._pending) + len(self._running)
+        return len(set(self._pending) | self._running | self._armed())
 
     def start(self) -> None:
         self._stopping = False
@@ -213,7 +316,7 @@ class CoalescingQueue:
         """The oldest ready foreground key (dicts keep arrival order), else the oldest ready
         background key, else how long until one is ready."""
         now = time.monotonic()
-        soonest: float | None = None
+        soonest = self._close_windows(now) if self._windows else None
         background: str | None = None
         for key, pending in self._pending.items():
             if key in self._running:
@@ -238,7 +341,7 @@ class CoalescingQueue:
                 return
             key, wait = self._next_ready()
             if key is None:
-                if not self._pending and not self._running:
+                if not self._pending and not self._running and not self._armed():
                     self._idle.set()
                 self._wakeup.clear()
                 try:
@@ -246,7 +349,7 @@ class CoalescingQueue:
                 except TimeoutError:
                     pass
                 continue
-            pending = self._pending.pop(key)
+            pending = self._take(key, time.monotonic())
             self._running.add(key)
             try:
                 await self._worker(key, frozenset(pending.reasons))

@@ -211,11 +211,24 @@ class SyncService:
     # region feeds
 
     def request_project(
-        self, project_uuid: str, reason: str, *, hint: bool = False, background: bool = False
+        self,
+        project_uuid: str,
+        reason: str,
+        *,
+        hint: bool = False,
+        background: bool = False,
+        signature: str | None = None,
     ) -> None:
-        """Queue a reconcile. Hints (web hooks, events) settle first; sweeps run in the
-        background; anything else (admins) runs as soon as a slot is free."""
-        self.queue.request(canonical_uuid(project_uuid), reason, hint=hint, background=background)
+        """Queue a reconcile. Hints (web hooks, events) lead at once and their removals settle
+        (`signature`: what the hint says, so repeats settle); sweeps run in the background;
+        anything else (admins) runs as soon as a slot is free."""
+        self.queue.request(
+            canonical_uuid(project_uuid),
+            reason,
+            hint=hint,
+            background=background,
+            signature=signature,
+        )
 
     async def handle_event(self, event: Event, source: str) -> None:
         """A web hook or a polled event: look again at what it names, nothing more."""
@@ -258,11 +271,14 @@ class SyncService:
             projects |= {
                 p.project_uuid for p in await Portal.all() if p.customer_uuid == customer_uuid
             }
+        # The same event from a hook and the poll, or a thousand copies of one hook, say the
+        # same: one leading run is enough for them.
+        signature = f"{hint.event_type}:{','.join(sorted(hint.user_uuids))}"
         now = time.monotonic()
         for project_uuid in projects:
             if source != "admin":
                 self._hinted_at.setdefault(canonical_uuid(project_uuid), now)
-            self.request_project(project_uuid, reason, hint=source != "admin")
+            self.request_project(project_uuid, reason, hint=source != "admin", signature=signature)
 
     async def handle_hint_for_user(self, user_uuid: str, reason: str) -> None:
         """Someone's mapping changed (link, unlink): look again at every room they belong in."""
@@ -498,7 +514,8 @@ class SyncService:
             # fresh read of the project still says so.
             return await self.directory.read_project(project_uuid)
 
-        # The first notice about a quiet project: what cannot flap now, the rest settled.
+        # A change notice while the project's hints settle: what cannot flap now, the rest in
+        # the settled run.
         leading = LEADING in reasons
         try:
             result = await self.reconciler.reconcile(
@@ -520,7 +537,7 @@ class SyncService:
                 project_uuid,
                 ", ".join(result.plan.deferred),
             )
-            self.queue.request(project_uuid, "settled", hint=True)
+            self.queue.settle_later(project_uuid)
         self.expiry.schedule(project_uuid, view.grants)
         await self.spaces.after_portal(portal, view, result, reasons)
         await self._report_holds(portal, result)
