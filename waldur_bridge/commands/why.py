@@ -124,6 +124,9 @@ async def why(evt: WaldurCommandEvent) -> None:
             f"`{ADMIN_USAGE}`, or `{SELF_USAGE}` about yourself" if admin else f"`{SELF_USAGE}`"
         )
         raise CommandError(f"Usage: {usage}")
+    # Each answer reads Waldur three times: people get the rooms' reply rate limit.
+    if not admin and rate_limited(evt):
+        return
     await _why_self(evt, positional[0], exact)
 
 
