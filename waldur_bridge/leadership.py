@@ -341,6 +341,14 @@ class Leadership:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     # endregion
+    def lock_backend_pid(self) -> int | None:
+        """The PostgreSQL backend PID of the connection holding (or waiting for) the lock, for
+        diagnose to compare with the lock's holder in pg_locks."""
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return None
+        return conn.get_server_pid()
+
     # region stepping down on purpose
 
     def stand_down(self) -> None:

@@ -24,8 +24,8 @@ from .web.transactions import usable_events
 if TYPE_CHECKING:
     from .__main__ import WaldurBridge
 
-# Commands that work bare in every portal (`!status`), besides `<prefix> status`.
-BARE_COMMANDS = frozenset({"help", "status", "orders", "members"})
+# Commands that work bare (`!status`), besides `<prefix> status`; `!why` is for direct chats.
+BARE_COMMANDS = frozenset({"help", "status", "orders", "members", "why"})
 # A person's own commands in a direct chat with the bot (commands/personal.py), by `!word`.
 PERSONAL_COMMANDS = {"rooms": "my-rooms", "join": "join"}
 # Handled transaction IDs are kept this long; the homeserver retries for far less.

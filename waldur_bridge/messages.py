@@ -19,7 +19,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -130,6 +130,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("members", "the project's team in Waldur, with roles and who is in the room"),
     ("rooms", "in a direct chat with the bot: the project rooms your Waldur roles give you"),
     ("join <project>", "in a direct chat with the bot: be invited again to a room you declined"),
+    ("why <project>", "in a direct chat with the bot: why you are in that project's room, or not"),
 )
 
 
@@ -164,6 +165,26 @@ class AuditLine:
     cause: str
     outcome: str  # done, failed, held, dry-run
     detail: str = ""
+
+
+# --- times ----------------------------------------------------------------------------------
+
+
+def relative_time(when: datetime, now: datetime) -> str:
+    """``3 h ago``, ``in 2 d``, ``just now``: how people read times in a chat."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    seconds = (now - when).total_seconds()
+    span = abs(seconds)
+    if span < 45:
+        return "just now"
+    if span < 3570:  # 59.5 min: an hour reads "1 h", not "60 min"
+        amount, unit = max(1, round(span / 60)), "min"
+    elif span < 48 * 3600:
+        amount, unit = round(span / 3600), "h"
+    else:
+        amount, unit = round(span / 86400), "d"
+    return f"{amount} {unit} ago" if seconds > 0 else f"in {amount} {unit}"
 
 
 # --- escaping -----------------------------------------------------------------------------------
@@ -648,15 +669,24 @@ _AUDIT_OUTCOMES = {"failed": "FAILED", "held": "held for an admin", "dry-run": "
 MAX_AUDIT_LINES = 30
 
 
-def audit_reply(subject: str, since: str | None, lines: Sequence[AuditLine], total: int) -> Reply:
-    """``audit``: the newest membership actions about a project or a person, with causes."""
+def audit_reply(
+    subject: str,
+    since: str | None,
+    lines: Sequence[AuditLine],
+    total: int,
+    now: datetime | None = None,
+) -> Reply:
+    """``audit``: the newest membership actions about a project or a person, with causes.
+
+    With ``now``, times read relative to it ("3 h ago"); without, exact in UTC."""
     span = f" since {since}" if since else ""
     if not lines:
         return _line(_cat("No audit entries for ", _value(subject), f"{span}."))
     items: list[_Frag] = []
     for entry in lines[:MAX_AUDIT_LINES]:
+        when = relative_time(entry.when, now) if now else entry.when.strftime("%Y-%m-%d %H:%M")
         parts: list[_Frag | str] = [
-            entry.when.strftime("%Y-%m-%d %H:%M"),
+            when,
             " · ",
             _bold(_AUDIT_VERBS.get(entry.action, entry.action)),
         ]
@@ -673,7 +703,8 @@ def audit_reply(subject: str, since: str | None, lines: Sequence[AuditLine], tot
     shown = min(len(lines), MAX_AUDIT_LINES)
     header = _cat(
         _bold("Audit log of ", _value(subject)),
-        f"{span} (UTC, newest first): {_plural(total, 'entry', 'entries')}",
+        f"{span} ({'newest' if now else 'UTC, newest'} first): "
+        f"{_plural(total, 'entry', 'entries')}",
     )
     footer = None
     if total > shown:

@@ -26,7 +26,17 @@ LAST_GOOD_SWEEP = Gauge(
     "waldur_bridge_last_good_sweep_timestamp_seconds",
     "Unix time at which the last full sweep of Waldur succeeded",
 )
+SWEEP_TIME = Histogram(
+    "waldur_bridge_sweep_seconds",
+    "Time a full sweep takes to read every project, grant and user from Waldur",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
 HINTS = Counter("waldur_bridge_change_hints_total", "Change hints received", ["source"])
+HINT_TO_ACTION = Histogram(
+    "waldur_bridge_hint_to_action_seconds",
+    "From a web hook or polled event about a project to the end of that project's reconcile",
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300),
+)
 MEMBERSHIP_ACTIONS = Counter(
     "waldur_bridge_membership_actions_total",
     "Homeserver writes of reconciles (invite, join, kick, power-levels, ...) by outcome",
@@ -46,10 +56,12 @@ class LiveCollector:
         queue_size: Callable[[], int],
         waldur_stats: Callable[[], Any],
         held_removals: Callable[[], int],
+        room_facts: Callable[[], RoomFacts] | None = None,
     ) -> None:
         self.queue_size = queue_size
         self.waldur_stats = waldur_stats
         self.held_removals = held_removals
+        self.room_facts = room_facts
 
     def collect(self) -> Iterator[Any]:
         queue = GaugeMetricFamily(
@@ -79,6 +91,52 @@ class LiveCollector:
         )
         retries.add_metric([], stats.retries)
         yield retries
+        if self.room_facts is not None:
+            yield from self.room_facts().families()
+
+
+class RoomFacts:
+    """Rooms, members, held removals' age and Waldur access, as the bridge last saw them."""
+
+    def __init__(
+        self,
+        portals: dict[str, int],
+        members: int,
+        oldest_held_age: float,
+        waldur_access_ok: bool,
+    ) -> None:
+        self.portals = portals
+        self.members = members
+        self.oldest_held_age = oldest_held_age
+        self.waldur_access_ok = waldur_access_ok
+
+    def families(self) -> Iterator[Any]:
+        portals = GaugeMetricFamily(
+            "waldur_bridge_portals",
+            "Project rooms by state, as of the last sweep",
+            labels=["state"],
+        )
+        for state, count in sorted(self.portals.items()):
+            portals.add_metric([state], count)
+        yield portals
+        members = GaugeMetricFamily(
+            "waldur_bridge_room_members",
+            "People who belong in the bridge's rooms by their Waldur roles (all rooms together)",
+        )
+        members.add_metric([], self.members)
+        yield members
+        oldest = GaugeMetricFamily(
+            "waldur_bridge_oldest_held_removal_seconds",
+            "Age of the oldest removal held for an admin (0 when none is held)",
+        )
+        oldest.add_metric([], self.oldest_held_age)
+        yield oldest
+        access = GaugeMetricFamily(
+            "waldur_bridge_waldur_access_ok",
+            "1 while the bridge can read Waldur with its token, 0 while access is lost",
+        )
+        access.add_metric([], 1 if self.waldur_access_ok else 0)
+        yield access
 
 
 _collector: LiveCollector | None = None
@@ -88,6 +146,7 @@ def register_live(
     queue_size: Callable[[], int],
     waldur_stats: Callable[[], Any],
     held_removals: Callable[[], int],
+    room_facts: Callable[[], RoomFacts] | None = None,
 ) -> None:
     """Point the scrape-time metrics at this bridge's queue and Waldur client (once per process;
     a later bridge in the same process, as in tests, takes over)."""
@@ -95,16 +154,20 @@ def register_live(
     if REGISTRY is None:
         return
     if _collector is None:
-        _collector = LiveCollector(queue_size, waldur_stats, held_removals)
+        _collector = LiveCollector(queue_size, waldur_stats, held_removals, room_facts)
         REGISTRY.register(_collector)
     else:
         _collector.queue_size = queue_size
         _collector.waldur_stats = waldur_stats
         _collector.held_removals = held_removals
+        _collector.room_facts = room_facts
 
 
 __all__ = [
     "HINTS",
+    "HINT_TO_ACTION",
+    "SWEEP_TIME",
+    "RoomFacts",
     "LAST_GOOD_SWEEP",
     "MEMBERSHIP_ACTIONS",
     "RECONCILES",

@@ -3,6 +3,7 @@ request accounting and web hook delivery."""
 
 from __future__ import annotations
 
+import email.utils
 import re
 import time
 from collections import Counter, deque
@@ -51,6 +52,8 @@ class WaldurSimulator(SimulatorState):
         self.api = WaldurApi(self)
         self._runner: web.AppRunner | None = None
         self.url = ""
+        # Seconds the Date header of every answer is off by (a skewed server clock).
+        self.date_offset = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -134,6 +137,11 @@ class WaldurSimulator(SimulatorState):
                     # after the change), so the caller's answer waits for them.
                     await self.hook_dispatcher.wait_for(self.hook_dispatcher.tasks - before)
             status = response.status
+            if self.date_offset:
+                # A server whose clock is off: its Date header says so (diagnose reads it).
+                response.headers["Date"] = email.utils.formatdate(
+                    time.time() + self.date_offset, usegmt=True
+                )
             return response
         except DroppedConnection:
             if request.transport is not None:

@@ -53,6 +53,12 @@ async def test_audit_sync_dry_run_and_versions(bridge_env: BridgeEnv) -> None:
         by_mxid = (await ask(admin, mgmt, f"audit {hal_mxid}", containing="Audit log"))["body"]
         assert "removed" in by_mxid
         assert "Tracked" in by_mxid and "Elsewhere" in by_mxid  # every room of the person
+        # Names before IDs, times relative; --exact gives UTC times.
+        assert f"just now · **removed** Hal Hill ({hal_mxid})" in by_mxid, by_mxid
+        exact = (await ask(admin, mgmt, f"audit {hal_mxid} --exact", containing="Audit log"))[
+            "body"
+        ]
+        assert "(UTC, newest first)" in exact and "just now" not in exact
         assert f"gina{suffix}" not in by_mxid
         by_name = (
             await ask(admin, mgmt, f"audit hal{suffix} --since 1h", containing="Audit log")

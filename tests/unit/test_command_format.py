@@ -125,6 +125,7 @@ def test_help_lists_commands_and_prefix_form() -> None:
         assert f"<li><code>!{name}</code> — " in reply.html
     assert "`!waldur status`" in reply.markdown
     assert "<code>!waldur status</code>" in reply.html
+    assert "- `!why <project>` — in a direct chat with the bot" in reply.markdown
     # The prefix note is its own paragraph, not a continuation of the last bullet.
     assert "\n\nEach also works as" in reply.markdown
     assert_html_safe(reply)

@@ -63,7 +63,9 @@ def admin_help() -> fmt.Reply:
         "- `whois <matrix id|waldur user>`: how a person maps between Waldur and Matrix",
         "- `invite <person> <project>`: invite again a person who declined (they need a role)",
         "- `held`, `approve <project|all>`, `reject <project|all>`: mass removals on hold",
-        "- `audit <project|person> [--since 7d|2026-11-01]`: who was added or removed, and why",
+        "- `audit <project|person> [--since 7d|2026-11-01] [--exact]`: who was added or removed,"
+        " and why",
+        "- `why <person> <project> [--exact]`: why a person is in a room (or not), at their level",
         "- `approve-space <organization>`: carry out removals held in a space",
         "- `diagnose`: live checks of the homeserver, Waldur and the bridge",
         "- `version`, `help`",
@@ -643,4 +645,4 @@ async def version(evt: WaldurCommandEvent) -> None:
 # endregion
 
 # The audit command lives in its own module; importing it registers it.
-from . import audit as _audit  # noqa: E402, F401
+from . import audit as _audit, why as _why  # noqa: E402, F401

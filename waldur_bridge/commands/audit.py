@@ -6,15 +6,18 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from mautrix.types import UserID
+
 from .. import messages as fmt
 from ..db import AuditEntry
 from ..portal import Portal
+from ..puppet import Puppet
 from .admin import admin_command, portal_for, resolve_user, run
 from .handler import SECTION_SAFETY, CommandError, WaldurCommandEvent, parse_args
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-USAGE = "audit <project|person> [--since 7d|12h|2026-11-01]"
+USAGE = "audit <project|person> [--since 7d|12h|2026-11-01] [--exact]"
 LIMIT = 30
 
 
@@ -37,11 +40,22 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return when
 
 
+async def _named(target: str) -> str:
+    """A puppet's Matrix ID with its display name first ("Ann Lee (@waldur_ann:x)"); other
+    targets (own accounts, power-level lists) as they are."""
+    if not target.startswith("@") or "=" in target:
+        return target
+    puppet = await Puppet.get_by_mxid(UserID(target))
+    if puppet is None or not puppet.displayname:
+        return target
+    return f"{puppet.displayname} ({target})"
+
+
 @admin_command(
     name="audit",
     help_section=SECTION_SAFETY,
     help_text="Membership changes with their causes",
-    help_args="<project|person> [--since 7d]",
+    help_args="<project|person> [--since 7d] [--exact]",
 )
 async def audit(evt: WaldurCommandEvent) -> None:
     positional, options = parse_args(evt.args)
@@ -88,11 +102,15 @@ async def audit(evt: WaldurCommandEvent) -> None:
         if key not in names:
             found = await Portal.get_by_project(key) if key else None
             names[key] = found.name if found and found.name else (key or "(no room)")
+    people: dict[str, str] = {}
+    for entry in entries:
+        if entry.target and entry.target not in people:
+            people[entry.target] = await _named(entry.target)
     lines = [
         fmt.AuditLine(
             when=datetime.fromtimestamp(entry.ts / 1000, UTC),
             action=entry.action,
-            target=entry.target,
+            target=people.get(entry.target or "", entry.target),
             room=names[entry.project_uuid or ""],
             cause=entry.cause,
             outcome=entry.outcome,
@@ -101,4 +119,6 @@ async def audit(evt: WaldurCommandEvent) -> None:
         for entry in entries
     ]
     since_label = since.strftime("%Y-%m-%d %H:%M UTC") if since else None
-    await evt.send(fmt.audit_reply(subject, since_label, lines, total))
+    # Relative times ("3 h ago") read best in a chat; --exact gives UTC times to the minute.
+    now = None if options.get("exact") else datetime.now(UTC)
+    await evt.send(fmt.audit_reply(subject, since_label, lines, total, now))

@@ -116,7 +116,7 @@ def parse_args(args: list[str]) -> tuple[list[str], dict[str, str | bool]]:
     return positional, options
 
 
-FLAG_OPTIONS = frozenset({"dry-run", "export"})
+FLAG_OPTIONS = frozenset({"dry-run", "export", "exact"})
 
 
 class WaldurCommandProcessor(CommandProcessor):

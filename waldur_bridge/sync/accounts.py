@@ -61,6 +61,11 @@ class AccountCheck:
         """The local accounts last found missing, sorted (for `diagnose` and the admins)."""
         return sorted(u for u, (exists, _) in self._known.items() if not exists)
 
+    @property
+    def asked(self) -> int:
+        """How many local accounts have been asked about (found or missing)."""
+        return len(self._known)
+
     def is_local(self, user_id: str) -> bool:
         return user_id.endswith(self.suffix)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -85,6 +86,8 @@ class PlanExecutor:
         self.writes = 0
         # Removals held by the latest reconcile of each project (for the metrics).
         self.held: dict[str, int] = {}
+        # Since when (Unix time) each project has had removals held, for the oldest one's age.
+        self.held_since: dict[str, float] = {}
 
     async def execute(
         self,
@@ -225,8 +228,10 @@ class PlanExecutor:
 
         if plan.held:
             self.held[portal.project_uuid] = len(plan.held)
+            self.held_since.setdefault(portal.project_uuid, time.time())
         else:
             self.held.pop(portal.project_uuid, None)
+            self.held_since.pop(portal.project_uuid, None)
         for held in plan.held:
             if held.user_id not in reported:
                 await self._audit(portal, "kick", held.user_id, held.cause, "held", held.reason)

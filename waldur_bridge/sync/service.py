@@ -20,7 +20,17 @@ from ..messages import (
     role_notices,
     room_closed_notice,
 )
-from ..metrics import HINTS, RECONCILE_TIME, RECONCILES, SWEEPS, mark_good_sweep, register_live
+from ..metrics import (
+    HINT_TO_ACTION,
+    HINTS,
+    RECONCILE_TIME,
+    RECONCILES,
+    SWEEP_TIME,
+    SWEEPS,
+    RoomFacts,
+    mark_good_sweep,
+    register_live,
+)
 from ..portal import Portal
 from ..room_creation import AliasConflict
 from ..waldur import Event, WaldurError
@@ -144,16 +154,31 @@ class SyncService:
         self._reported_holds: dict[str, frozenset[str]] = {}
         # Last state told to each order's room, so a change reported twice is told once.
         self._order_states: dict[str, str] = {}
+        # For the metrics: rooms by state (counted at each sweep), members of each room (at
+        # each reconcile), and when a hint about a project first came in (hint-to-action).
+        self.portal_counts: dict[str, int] = {}
+        self.room_members: dict[str, int] = {}
+        self._hinted_at: dict[str, float] = {}
         register_live(
             lambda: self.queue.size,
             lambda: bridge.waldur.stats,
             lambda: sum(self.executor.held.values()),
+            self._room_facts,
         )
         self.spaces = SpaceSync(bridge, self)
         self.drift = DriftGuard(bridge, self)
         # The first sweep's progress, for the operator's log; invites made by createRoom.
         self.progress: InitialSyncProgress | None = None
         self._created_invites: dict[str, int] = {}
+
+    def _room_facts(self) -> RoomFacts:
+        held = self.executor.held_since.values()
+        return RoomFacts(
+            portals=self.portal_counts,
+            members=sum(self.room_members.values()),
+            oldest_held_age=time.time() - min(held) if held else 0.0,
+            waldur_access_ok=not self.bridge.waldur_access.lost,
+        )
 
     # region lifecycle
 
@@ -249,7 +274,10 @@ class SyncService:
         # The same event from a hook and the poll, or a thousand copies of one hook, say the
         # same: one leading run is enough for them.
         signature = f"{hint.event_type}:{','.join(sorted(hint.user_uuids))}"
+        now = time.monotonic()
         for project_uuid in projects:
+            if source != "admin":
+                self._hinted_at.setdefault(canonical_uuid(project_uuid), now)
             self.request_project(project_uuid, reason, hint=source != "admin", signature=signature)
 
     async def handle_hint_for_user(self, user_uuid: str, reason: str) -> None:
@@ -353,7 +381,9 @@ class SyncService:
                 self.request_project(project_uuid, SWEEP, background=True)
             await self.spaces.on_sweep()
             SWEEPS.labels(outcome="ok").inc()
+            SWEEP_TIME.observe(time.monotonic() - started)
             mark_good_sweep()
+            self.portal_counts = await Portal.count_by_state()
             self.last_sweep = {
                 "finished": time.time(),
                 "projects": len(snapshot.projects),
@@ -373,6 +403,8 @@ class SyncService:
     async def _after_initial_sync(self) -> None:
         assert self.progress is not None
         await self.progress.report(self.config["bridge.portals.progress_interval"])
+        # The rooms the first sync created, for the metrics (sweeps count them again).
+        self.portal_counts = await Portal.count_by_state()
         await self.report_duplicates()
 
     async def report_duplicates(self) -> None:
@@ -434,6 +466,11 @@ class SyncService:
             raise
         else:
             RECONCILES.labels(outcome="ok").inc()
+            if result is not None:
+                self.room_members[project_uuid] = result.members
+            hinted = self._hinted_at.pop(project_uuid, None)
+            if hinted is not None:
+                HINT_TO_ACTION.observe(time.monotonic() - hinted)
             invited = self._created_invites.pop(project_uuid, None)
             if self.progress is not None:
                 self.progress.reconciled(project_uuid, result, invited)
@@ -672,6 +709,8 @@ class SyncService:
             log.warning("Could not post the closing notice in %s: %s", portal.room_id, e)
         result = await self._close(portal, reason)
         await self.spaces.portal_closed(portal)
+        self.room_members.pop(portal.project_uuid, None)
+        self.portal_counts = await Portal.count_by_state()
         return result
 
     async def _close(self, portal: Portal, reason: str) -> Result:

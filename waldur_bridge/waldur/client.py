@@ -99,6 +99,16 @@ class _Reply:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What ``WaldurClient.probe`` saw of one listing."""
+
+    items: list[Any]
+    count: int | None
+    server_time: float | None  # from the Date header (whole seconds), None if absent
+    local_time: float  # this machine's clock midway through the request
+
+
 class WaldurClient:
     """Waldur REST client: ``Authorization: Token <key>``, JSON in and out."""
 
@@ -187,6 +197,31 @@ class WaldurClient:
         url = self._url(path, params)
         reply = await self._send("GET", url)
         return self._decode(reply, url)
+
+    async def probe(self, path: str) -> Probe:
+        """One item of a listing (or the one object) with its ``X-Result-Count`` and the
+        server's ``Date``, unparsed (for ``diagnose``: the generation from an item's fields,
+        how much the token sees, the clock).
+        """
+        url = self._url(path, {"page_size": 1})
+        sent = time.time()
+        reply = await self._send("GET", url)
+        received = time.time()
+        page = self._decode(reply, url)
+        items = page if isinstance(page, list) else [page] if isinstance(page, dict) else []
+        date = reply.headers.get("Date")
+        server_time: float | None = None
+        if date:
+            try:
+                server_time = email.utils.parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError):
+                server_time = None
+        return Probe(
+            items=items,
+            count=self._result_count(reply, url),
+            server_time=server_time,
+            local_time=(sent + received) / 2,
+        )
 
     async def get_list(
         self, path: str, params: QueryParams | None = None, *, page_size: int | None = None
@@ -412,6 +447,18 @@ class WaldurClient:
         """
         path = "/api/user-permissions/"
         return self._parse_all(path, await self.get_list(path), RoleGrant.from_permission)
+
+    async def list_user_grant_history(self, user_uuid: str) -> list[RoleGrant]:
+        """One user's grants, revoked ones included where Waldur keeps them (``show_inactive``
+        in the current generation; 7.0 lists them anyway), with who granted and revoked them.
+
+        The ``user`` filter is checked, not trusted: other people's grants are dropped.
+        """
+        user_uuid = normalize_uuid(user_uuid)
+        path = "/api/user-permissions/"
+        items = await self.get_list(path, {"user": user_uuid, "show_inactive": "true"})
+        grants = self._parse_all(path, items, RoleGrant.from_permission)
+        return self._keep(path, "grants of one user", grants, lambda g: g.user_uuid == user_uuid)
 
     def iter_all_grants(self) -> AsyncIterator[list[RoleGrant]]:
         """``list_all_grants`` page by page (see ``iter_pages``: valid only once it ends)."""

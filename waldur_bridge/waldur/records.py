@@ -276,6 +276,9 @@ class RoleGrant:
     user_full_name: str
     user_email: str
     created: datetime | None
+    # Who granted and who revoked it, by name, where Waldur says (``why`` shows them).
+    created_by: str = ""
+    revoked_by: str = ""
 
     def is_effective(self, now: datetime) -> bool:
         """True if the grant gives access at ``now`` (aware); expired grants count as revoked."""
@@ -309,6 +312,12 @@ class RoleGrant:
             ),
             user_email=_opt_str(kind, data, "user_email"),
             created=_opt_time(kind, data, "created"),
+            created_by=_opt_str(
+                kind, data, "created_by_full_name", _opt_str(kind, data, "created_by_username")
+            ),
+            revoked_by=_opt_str(
+                kind, data, "revoked_by_full_name", _opt_str(kind, data, "revoked_by_username")
+            ),
         )
 
     @classmethod
@@ -329,6 +338,7 @@ class RoleGrant:
             user_full_name=_opt_str(kind, data, "user_full_name"),
             user_email=_opt_str(kind, data, "user_email"),
             created=_opt_time(kind, data, "created"),
+            created_by=_opt_str(kind, data, "created_by_full_name"),
         )
 
 

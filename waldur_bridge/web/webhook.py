@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -50,6 +51,9 @@ class WebhookReceiver:
         self.handle = handle
         self.max_body_size = max_body_size
         self.received = 0
+        # When this receiver started and when a hook last arrived (diagnose: hooks gone quiet).
+        self.started_at = time.time()
+        self.last_received_at: float | None = None
         self.rejected = 0
         self.app = web.Application(client_max_size=max_body_size)
         self.app.router.add_post("/{secret}", self.receive)
@@ -77,6 +81,7 @@ class WebhookReceiver:
             self.ignored += 1
             return web.json_response({}, status=202)
         self.received += 1
+        self.last_received_at = time.time()
         log.debug("Web hook %s received", event.event_type)
         try:
             await self.handle(event, "webhook")
