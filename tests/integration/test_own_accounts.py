@@ -266,3 +266,69 @@ async def notices(client: MatrixTestUser, room_id: str, text: str) -> list[str]:
         for e in data.get("chunk", [])
         if e.get("type") == "m.room.message" and text in e["content"].get("body", "")
     ]
+
+
+async def test_a_linked_account_leaves_with_its_role_and_its_decline_holds(
+    bridge_env: BridgeEnv,
+) -> None:
+    """Puppet mode with an admin's link to a person's own account: the link behaves like an
+    own account (an invite, a respected "no") and leaves with the role; after `unlink` the
+    old account is removed even though it is no longer mapped to anyone."""
+    env = bridge_env
+    site = Site(env)
+    try:
+        admin = await site.account("admin")
+        await site.person("alice", "PROJECT.ADMIN", account=False)  # a puppet
+        ivan = await site.person("ivan")
+        judy = await site.person("judy")
+        assert ivan is not None and judy is not None
+        await env.start(
+            **{
+                "bridge.management_room": f"#links-{site.suffix}:localhost",
+                "bridge.permissions": {"*": "user", admin.user_id: "admin"},
+                "bridge.membership.max_removal_min": 50,
+            }
+        )
+        await env.sweep()
+        mgmt = await admin.wait_for_invite(timeout=10)
+        await admin.join(mgmt)
+        for name, client in (("ivan", ivan), ("judy", judy)):
+            linked = await ask(admin, mgmt, f"link {name}{site.suffix} {client.user_id}")
+            assert "Linked" in linked["body"], linked["body"]
+        await env.settle()
+        room = await env.portal_room(site.project)
+        await ivan.wait_for_invite(room)
+        await ivan.join(room)
+        await judy.wait_for_invite(room)
+        assert env.puppet(f"alice{site.suffix}") in await env.in_room(room)
+
+        # Judy says no: it holds across a sweep, as for template accounts.
+        await judy.leave(room)
+        await wait_for(lambda: declined(site.project, judy.user_id), 10, "judy's decline")
+        await env.sweep()
+        assert (await env.members(room))[judy.user_id] == "leave"
+
+        # Ivan's role goes: his own account leaves the room, his session stays.
+        env.sim.revoke(site.uuids["ivan"], site.project, "PROJECT.MEMBER")
+        await env.sweep()
+        assert (await env.members(room))[ivan.user_id] == "leave"
+        assert await ivan.whoami() == ivan.user_id
+        assert ivan.user_id in await removals(site.project)
+
+        # Judy asks back in, then her link is removed: the unmapped account leaves.
+        env.bridge.sync.accounts.seen(judy.user_id)
+        dm = await judy.create_room(invite=[env.bot], is_direct=True)
+        await wait_for(lambda: bot_joined(env, dm), 10, "the bot to accept the DM")
+        back = await ask(judy, dm, "!join Apollo", containing="Apollo")
+        assert "Invited you" in back["body"], back["body"]
+        await judy.wait_for_invite(room)
+        await judy.join(room)
+        unlinked = await ask(admin, mgmt, f"unlink {judy.user_id}")
+        assert "Unlinked" in unlinked["body"], unlinked["body"]
+        await env.settle()
+        await env.sweep()
+        members = await env.members(room)
+        assert members[judy.user_id] == "leave", members
+        assert members[env.puppet(f"judy{site.suffix}")] == "join", members
+    finally:
+        await site.close()
