@@ -256,6 +256,9 @@ async def test_admin_commands_and_held_removals(bridge_env: BridgeEnv) -> None:
 
         version = await ask(admin, mgmt, "version")
         assert "waldur-matrix-bridge" in version["body"]
+        # Commands here take no prefix, so the pointer to help has none either.
+        unknown = await ask(admin, mgmt, "frobnicate")
+        assert "Unknown command `frobnicate`. Send `help` for the list." in unknown["body"]
     finally:
         await admin.close()
 

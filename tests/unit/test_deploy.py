@@ -17,7 +17,7 @@ import jinja2
 import pytest
 from ruamel.yaml import YAML
 
-from waldur_bridge.config import Config
+from waldur_bridge.config import Config, ConfigError
 from waldur_devenv.testing import BASE_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -103,14 +103,44 @@ def test_kubernetes_manifests_parse_and_agree(
     assert config["appservice.address"] == f"http://{name}:{service_port['port']}"
 
 
-def test_the_bridge_accepts_the_deployment_config(
+def _load(path: Path) -> Config:
+    config = Config(str(path), "", BASE_CONFIG, env_prefix="WALDUR_BRIDGE")
+    config.load()
+    config.update(save=False)
+    return config
+
+
+def test_the_bridge_refuses_the_placeholders_and_accepts_the_filled_in_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _bridge_config(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError) as refused:
+        config.validate()
+    secret = _manifests()["Secret"]["stringData"]
+    # Each stand-in of the Secret, named with the variable it came from; nothing else.
+    assert sorted(p.split(" is a ")[0] for p in refused.value.problems) == [
+        "appservice.as_token: the value from WALDUR_BRIDGE_APPSERVICE_AS_TOKEN",
+        "appservice.database: the value from WALDUR_BRIDGE_APPSERVICE_DATABASE",
+        "appservice.hs_token: the value from WALDUR_BRIDGE_APPSERVICE_HS_TOKEN",
+        "waldur.token: the value from WALDUR_BRIDGE_WALDUR_TOKEN",
+        "waldur.webhook.secret: the value from WALDUR_BRIDGE_WALDUR_WEBHOOK_SECRET",
+    ]
+    # Without the Secret (not created), the ConfigMap's own stand-ins are named, with the file.
+    for key in secret:
+        monkeypatch.delenv(key)
+    with pytest.raises(ConfigError) as refused:
+        _load(tmp_path / "config.yaml").validate()
+    assert len(refused.value.problems) == 5
+    assert all("from the config file" in p for p in refused.value.problems)
+
+    for key in secret:
+        value = "postgres://bridge:pw@postgresql/bridge" if "DATABASE" in key else key.lower()
+        monkeypatch.setenv(key, value)
+    config = _load(tmp_path / "config.yaml")
     config.validate()  # raises ConfigError naming every problem
     assert config["appservice.database"].startswith("postgres://")  # several instances need it
     assert config["appservice.hostname"] == "0.0.0.0"
-    assert config["waldur.token"] == "CHANGE-ME-waldur-api-token"
+    assert config["waldur.token"] == "waldur_bridge_waldur_token"
 
 
 def test_registration_template_renders_the_deployment_registration(
