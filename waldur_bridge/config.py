@@ -460,6 +460,16 @@ class Config(BaseBridgeConfig):
                 "in Synapse, experimental_features msc2409_to_device_messages_enabled and "
                 "msc3202_transaction_extensions). Regenerate the registration after changing it."
             )
+        for host in self.get("bridge.avatars.allowed_hosts", []) or []:
+            if (
+                not isinstance(host, str)
+                or not re.match(r"^[A-Za-z0-9.\-\[\]:]+$", host)
+                or ("://" in host)
+            ):
+                problems.append(
+                    f"bridge.avatars.allowed_hosts: {yaml_spelling(host)} is not a host name; "
+                    'list hosts only, e.g. "media.example.org".'
+                )
         problems.extend(self._validate_provisioning())
         template = self.get("bridge.username_template", "")
         if isinstance(template, str) and "{userid}" not in template:

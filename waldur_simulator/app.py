@@ -87,11 +87,35 @@ class WaldurApi:
             g("/media/{folder}/{name}", self.media),
         ]
 
-    async def media(self, request: web.Request) -> web.Response:
+    async def media(self, request: web.Request) -> web.StreamResponse:
         image = self.state.media(request.match_info["folder"], request.match_info["name"])
         if image is None:
             raise web.HTTPNotFound()
-        return web.Response(body=image.data, content_type=image.content_type)
+        if image.redirect_to is not None:
+            raise web.HTTPFound(image.redirect_to)
+        if image.streamed_size is None:
+            self.state.media_bytes_sent += len(image.data)
+            return web.Response(body=image.data, content_type=image.content_type)
+        # A huge body made while it is sent (never held in memory); a client that stops
+        # reading ends it, and media_bytes_sent shows how far it got.
+        response = web.StreamResponse(headers={"Content-Type": image.content_type})
+        response.content_length = image.streamed_size
+        await response.prepare(request)
+        chunk = 256 * 1024
+        sent = 0
+        try:
+            await response.write(image.data)
+            sent = len(image.data)
+            zeros = bytes(chunk)
+            while sent < image.streamed_size:
+                part = zeros[: min(chunk, image.streamed_size - sent)]
+                await response.write(part)
+                sent += len(part)
+                self.state.media_bytes_sent += len(part)
+        except (ConnectionResetError, ConnectionError):
+            return response
+        await response.write_eof()
+        return response
 
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -68,6 +68,8 @@ class SimulatorState:
         self._event_ts: list[float] = []
         self.events_by_uuid: dict[str, Event] = {}
         self.hooks: dict[str, Hook] = {}
+        # Bytes of images the media URLs sent (a client that stops reading stops the count).
+        self.media_bytes_sent = 0
         self.tokens: dict[str, Token] = {}
         self._token_of_user: dict[str, str] = {}
         self._slugs: dict[str, int] = {}
@@ -422,17 +424,27 @@ class SimulatorState:
             )
 
     def set_image(
-        self, scope_uuid: str, data: bytes | None, content_type: str = "image/png"
+        self,
+        scope_uuid: str,
+        data: bytes | None,
+        content_type: str = "image/png",
+        *,
+        redirect_to: str | None = None,
+        streamed_size: int | None = None,
     ) -> str | None:
         """Upload (or with None remove) the image of a project or an organization, as its
         page in Waldur does. Each upload gets a new file name, like Django's storage; the
-        update event names the changed field. Returns the media path, or None."""
+        update event names the changed field. Returns the media path, or None.
+
+        ``content_type`` is what the media URL will claim, whatever ``data`` is;
+        ``redirect_to`` makes it answer 302 to that URL; ``streamed_size`` makes it send
+        ``data`` and then zeros up to that many bytes, generated while sending."""
         scope = self.scope(scope_uuid)
         image = None
         if data is not None:
             folder = "customer_images" if isinstance(scope, Customer) else "project_images"
             name = f"{scope.uuid[:8]}-{self.new_uuid()[:8]}.{content_type.rsplit('/', 1)[-1]}"
-            image = Image(folder, name, data, content_type)
+            image = Image(folder, name, data, content_type, redirect_to, streamed_size)
         scope.image = image
         if isinstance(scope, Project):
             message = f"Project {scope.name} has been updated. Image has been changed."
