@@ -530,13 +530,25 @@ class WaldurClient:
         reply = await self._send("POST", url, json_body=body)
         return self._parse_one(path, self._decode(reply, url), WebHook)
 
-    async def update_hook(self, uuid: str, event_types: Sequence[str]) -> WebHook:
-        """Set a web hook's event types exactly (its event groups are cleared)."""
+    async def update_hook(
+        self,
+        uuid: str,
+        event_types: Sequence[str],
+        *,
+        destination_url: str | None = None,
+        is_active: bool | None = None,
+    ) -> WebHook:
+        """Set a web hook's event types exactly (its event groups are cleared), and its URL
+        and whether it is active when given."""
         if not event_types:
             raise ValueError("a web hook needs at least one event type")
         path = f"/api/hooks-web/{normalize_uuid(uuid)}/"
         url = self._url(path)
-        body = {"event_types": list(event_types), "event_groups": []}
+        body: dict[str, Any] = {"event_types": list(event_types), "event_groups": []}
+        if destination_url is not None:
+            body["destination_url"] = destination_url
+        if is_active is not None:
+            body["is_active"] = is_active
         reply = await self._send("PATCH", url, json_body=body)
         return self._parse_one(path, self._decode(reply, url), WebHook)
 
