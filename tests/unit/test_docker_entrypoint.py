@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -124,6 +125,10 @@ def test_three_starts(tmp_path: Path, shim_env: dict[str, str]) -> None:
     assert registration["rate_limited"] is False
     assert registration["url"] == "http://waldur-bridge:29334"
     assert registration["namespaces"]["users"][1]["regex"] == r"@waldurbot:test\.local"
+    # The management room alias it suggests is one the homeserver lets the bridge create.
+    (suggested,) = re.findall(r"#\S+:your\.server", first.stdout)
+    alias_regex = registration["namespaces"]["aliases"][0]["regex"]
+    assert re.fullmatch(alias_regex, suggested.replace("your.server", "test.local")), suggested
     config = _load_yaml(config_path)
     assert config["appservice"]["as_token"] == registration["as_token"]
     assert config["appservice"]["hostname"] == "0.0.0.0"
