@@ -75,12 +75,22 @@ class WaldurBridge(Bridge):
             "--version", action="version", version=f"{self.name} {self.version}"
         )
         self.parser.add_argument(
+            "--render-registration",
+            metavar="<vars.yaml>",
+            help="print the registration for a deployment's variables (see "
+            "deploy/registration-vars.yaml), and quit; needs no config file",
+        )
+        self.parser.add_argument(
             "--show-defaults",
             action="store_true",
             help="list the settings the config file leaves at their defaults, and quit",
         )
 
     def prepare_config(self) -> None:
+        if self.args.render_registration:
+            from . import registration_render
+
+            sys.exit(registration_render.main(self.args.render_registration))
         try:
             super().prepare_config()
         except FileNotFoundError:

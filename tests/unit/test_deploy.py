@@ -206,3 +206,51 @@ def test_haproxy_accepts_its_config() -> None:
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_documented_render_command_works_with_what_is_installed(tmp_path: Path) -> None:
+    """The command deploy/registration-vars.yaml gives: the bridge alone renders it, equal to
+    registration.yaml.j2's rendering; the shipped placeholder tokens are refused."""
+    import sys
+
+    vars_file = DEPLOY / "registration-vars.yaml"
+    documented = next(
+        line for line in vars_file.read_text().splitlines() if "--render-registration" in line
+    )
+    assert "waldur-bridge --render-registration deploy/registration-vars.yaml" in documented
+    command = [sys.executable, "-m", "waldur_bridge", "--render-registration"]
+    refused = subprocess.run(
+        [*command, str(vars_file)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert refused.returncode == 11, refused.stderr
+    assert "as_token is a placeholder" in refused.stderr and "Traceback" not in refused.stderr
+
+    shipped = YAML(typ="safe", pure=True).load(vars_file.read_text())
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    template = env.from_string((REPO_ROOT / "registration.yaml.j2").read_text())
+    extras: list[dict[str, Any]] = [
+        {},
+        {
+            "username_prefix": "bridge_",
+            "alias_prefix": "w-",
+            "encryption_appservice": "yes",
+            "msc4190": True,
+        },
+    ]
+    for extra in extras:
+        variables = {
+            **shipped,
+            **extra,
+            "as_token": "as-" + "a" * 40,
+            "hs_token": "hs-" + "h" * 40,
+        }
+        filled = tmp_path / "vars.yaml"
+        YAML(typ="safe", pure=True).dump(variables, filled)
+        result = subprocess.run(
+            [*command, str(filled)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr
+        rendered = YAML(typ="safe", pure=True).load(result.stdout)
+        assert rendered == YAML(typ="safe", pure=True).load(template.render(**variables))
+        assert rendered["as_token"] == variables["as_token"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vars.yaml"]  # nothing else written
