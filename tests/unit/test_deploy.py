@@ -254,3 +254,70 @@ def test_documented_render_command_works_with_what_is_installed(tmp_path: Path) 
         assert rendered == YAML(typ="safe", pure=True).load(template.render(**variables))
         assert rendered["as_token"] == variables["as_token"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vars.yaml"]  # nothing else written
+
+
+def test_kubernetes_manifests_match_the_kubernetes_schemas() -> None:
+    """Every manifest against the API schemas (strict: unknown fields are errors), offline."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    checked = 0
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        for doc in _load_all(path):
+            if doc["kind"] == "Kustomization":
+                continue  # kustomize's own file, not an API object: rendered below
+            kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError
+            checked += 1
+    assert checked == 4
+    # The check bites: a misspelt field of the security context is refused.
+    deployment = _manifests()["Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"]["allowPrivilegeEscalaton"] = False
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, version, strict=True)
+
+
+def test_the_pod_meets_the_restricted_pod_security_standard() -> None:
+    pod = _manifests()["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "volumes" not in pod or all("hostPath" not in v for v in pod["volumes"])
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert "privileged" not in context and "add" not in context["capabilities"]
+    # What an operator must do first is said where they look.
+    text = (KUBERNETES / "deployment.yaml").read_text()
+    assert "docker build -t" in text and "docker push" in text
+    assert "token_urlsafe" in (KUBERNETES / "secret.yaml").read_text()
+
+
+def test_stop_time_comment_agrees_with_the_bridge_and_the_readme() -> None:
+    from waldur_bridge.__main__ import STOP_TIMEOUT
+
+    text = (KUBERNETES / "deployment.yaml").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"bounded at {STOP_TIMEOUT} s" in text
+    assert f"bounded at\n  {STOP_TIMEOUT} s" in readme or f"bounded at {STOP_TIMEOUT} s" in readme
+    assert "(up to 10 s)" in text and "(up to 10 s)" in readme
+
+
+# No Python package renders a kustomization that is kept up to date; kubectl's built-in
+# kustomize does, offline. Without kubectl the rendering is skipped (saying so), everywhere.
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None,
+    reason="kubectl is not installed (it renders kustomizations offline: kubectl kustomize)",
+)
+def test_the_kustomization_renders() -> None:
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [d for d in YAML(typ="safe", pure=True).load_all(result.stdout) if d]
+    by_kind = {d["kind"]: d for d in rendered}
+    assert set(by_kind) == {"Secret", "ConfigMap", "Deployment", "Service"}
+    manifests = _manifests()
+    for kind, doc in by_kind.items():
+        assert doc["metadata"]["name"] == manifests[kind]["metadata"]["name"]
+    assert by_kind["Deployment"]["spec"] == manifests["Deployment"]["spec"]
