@@ -13,8 +13,10 @@ from aiohttp import web
 from . import catalog
 from .listing import (
     ApiError,
+    ListingCache,
     forbidden,
     json_response,
+    listing_key,
     multi,
     not_found,
     order_items,
@@ -38,6 +40,7 @@ _URL_RE = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
 class WaldurApi:
     def __init__(self, state: SimulatorState) -> None:
         self.state = state
+        self.listings = ListingCache()
 
     @property
     def max_page_size(self) -> int:
@@ -190,6 +193,18 @@ class WaldurApi:
 
     async def users_list(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
+        faults = getattr(self.state, "faults", None)
+        hidden = frozenset(faults.hidden_users) if faults is not None else frozenset()
+        privileged = self._privileged(request)
+        key = listing_key(request, self.state.users_revision, viewer.uuid, privileged, hidden)
+        users = self.listings.get(key, lambda: self._users(request))
+        ser = self.ser(request)
+        # UserSerializer shows the token when the whole result is the caller herself.
+        alone = len(users) == 1 and users[0] is viewer
+        return self.page(request, users, lambda u: ser.user(u, with_token=alone))
+
+    def _users(self, request: web.Request) -> list[User]:
+        viewer = self.viewer(request)
         q = request.query
         users = list(self.state.users.values()) if self._privileged(request) else [viewer]
         faults = getattr(self.state, "faults", None)
@@ -217,10 +232,7 @@ class WaldurApi:
                 "is_active": lambda u: u.is_active,
             },
         )
-        ser = self.ser(request)
-        # UserSerializer shows the token when the whole result is the caller herself.
-        alone = len(users) == 1 and users[0] is viewer
-        return self.page(request, users, lambda u: ser.user(u, with_token=alone))
+        return users
 
     async def user_detail(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
@@ -453,8 +465,14 @@ class WaldurApi:
     # ------------------------------------------------------------------ user-permissions
 
     async def permissions_list(self, request: web.Request) -> web.Response:
+        viewer, privileged = self.viewer(request).uuid, self._privileged(request)
+        key = listing_key(request, self.state.grants_revision, viewer, privileged)
+        grants = self.listings.get(key, lambda: self._permissions(request))
+        return self.page(request, grants, self.ser(request).permission, fields=False)
+
+    def _permissions(self, request: web.Request) -> list[Grant]:
         grants = self._filter_permissions(request)
-        grants = order_items(
+        return order_items(
             request,
             grants,
             {
@@ -467,7 +485,6 @@ class WaldurApi:
                 "role": lambda g: g.role.name,
             },
         )
-        return self.page(request, grants, self.ser(request).permission, fields=False)
 
     def _filter_permissions(self, request: web.Request) -> list[Grant]:
         state, q = self.state, request.query

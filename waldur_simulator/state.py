@@ -59,6 +59,10 @@ class SimulatorState:
         self.grant_list: list[Grant] = []  # creation order
         self.grants_by_scope: dict[str, list[Grant]] = {}
         self.grants_by_user: dict[str, list[Grant]] = {}
+        # Bumped by every change to the users or the grants: listings keep their filtered and
+        # ordered items between pages until one of these moves (see app.ListingCache).
+        self.users_revision = 0
+        self.grants_revision = 0
         self.offerings: dict[str, Offering] = {}
         self.offerings_by_name: dict[str, Offering] = {}
         self.resources: dict[str, Resource] = {}
@@ -281,6 +285,7 @@ class SimulatorState:
         )
         self.users[user.uuid] = user
         self.users_by_username[username] = user
+        self.users_revision += 1
         self._log_user("user_creation_succeeded", user, f"User {username} has been created.")
         return user.uuid
 
@@ -289,12 +294,14 @@ class SimulatorState:
         user = self.user(uuid)
         if user.is_active:
             user.is_active = False
+            self.users_revision += 1
             self._log_user("user_deactivated", user, f"User {user.username} has been deactivated.")
 
     def activate_user(self, uuid: str) -> None:
         user = self.user(uuid)
         if not user.is_active:
             user.is_active = True
+            self.users_revision += 1
             self._log_user("user_activated", user, f"User {user.username} has been activated.")
 
     def token_for(self, user_uuid: str) -> str:
@@ -551,6 +558,7 @@ class SimulatorState:
         )
         self.grants[grant.uuid] = grant
         self.grant_list.append(grant)
+        self.grants_revision += 1
         self.grants_by_scope.setdefault(scope.uuid, []).append(grant)
         self.grants_by_user.setdefault(user.uuid, []).append(grant)
         if not self._quiet:
@@ -567,6 +575,7 @@ class SimulatorState:
         grant.is_active = False
         grant.expiration_time = self.now()
         grant.revoked_by = self._actor
+        self.grants_revision += 1
         who = grant.user.full_name or grant.user.username
         self._log_role(
             "role_revoked",
@@ -595,6 +604,7 @@ class SimulatorState:
             raise KeyError("no active grant")
         grant = grants[0]
         grant.expiration_time = to_utc(expiration_time)
+        self.grants_revision += 1
         who = grant.user.full_name or grant.user.username
         # Waldur 7.0 reads the "previous" value after saving, so both times are the new one.
         self._log_role(
