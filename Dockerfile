@@ -4,7 +4,14 @@
 # The first two starts write /data/config.yaml and /data/registration.yaml and exit
 # (see docker-run.sh); afterwards the container runs the bridge on appservice.port (29334).
 
-FROM python:3.12-slim AS builder
+# The base image by digest, so every build starts from the same bytes: the multi-platform
+# index of python:3.12-slim as pinned by public projects in 2026 (this repository's CI cannot
+# pull images, so it was not pulled here). When bumping, take the current one from
+#   docker buildx imagetools inspect python:3.12-slim
+# (the "Digest:" line) and rebuild.
+ARG PYTHON_IMAGE=python:3.12-slim@sha256:78387bc3881b8273120a12ebe6c1ab22b018ccc2c9adf565ae1ac9b536e184ea
+
+FROM ${PYTHON_IMAGE} AS builder
 
 # Compilers for dependencies without a wheel for this platform (python-olm builds libolm
 # with cmake). They stay in this stage.
@@ -16,18 +23,20 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_NO_INPUT=1
 
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --upgrade pip
+# The image's own pip (pinned with it by the digest), not whatever pip is newest today.
+RUN python -m venv /opt/venv
 
 WORKDIR /src
 COPY . .
 # With the e2be extra (end-to-bridge encryption): python-olm builds on this Python (3.12).
+# constraints.txt holds the versions the tests ran with (scripts/update-constraints.py).
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
-    && /opt/venv/bin/pip install "$(ls /tmp/wheels/waldur_matrix_bridge-*.whl)[e2be]" \
+    && /opt/venv/bin/pip install -c constraints.txt \
+        "$(ls /tmp/wheels/waldur_matrix_bridge-*.whl)[e2be]" \
     && /opt/venv/bin/python -c "import mautrix.bridge, olm, waldur_bridge.__main__"
 
 
-FROM python:3.12-slim
+FROM ${PYTHON_IMAGE}
 
 # The venv links to /usr/local/bin/python3.12, the same in both stages.
 COPY --from=builder /opt/venv /opt/venv

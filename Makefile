@@ -32,16 +32,17 @@ help:
 	@echo '  clean    remove the venvs, caches and demo/'
 
 # The stamp is newer than pyproject.toml once the install succeeded; a changed pyproject.toml
-# re-runs the install into the existing venv.
+# re-runs the install into the existing venv. The runtime dependencies are installed at the
+# versions of constraints.txt (the tested ones, also used by the Dockerfile).
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; v = sys.version_info; ok = (3, 11) <= v[:2] <= (3, 13); \
 		sys.exit(0 if ok else "error: $(PYTHON) is Python %d.%d; waldur-bridge needs 3.11 to 3.13 " \
 		"(see requires-python in pyproject.toml); try make PYTHON=python3.12" % v[:2])'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV_BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(VENV_BIN)/python -m pip install $(PIP_FLAGS) -e '.[dev]'
+	$(VENV_BIN)/python -m pip install $(PIP_FLAGS) -c constraints.txt -e '.[dev]'
 	@touch $@
 
 synapse:

@@ -36,8 +36,9 @@ Wrote an example configuration to $CONFIG. Edit it, at least:
   bridge.permissions                     who may use the bridge and who is an admin
   bridge.portals.create                  which projects get rooms: none (default: only rooms
                                          admins create), all, or customers (listed organizations)
-  bridge.management_room                 the admins' room (an alias such as #waldur-admin:your.server);
-                                         null disables it
+  bridge.management_room                 the admins' room: an alias inside the bridge's alias
+                                         namespace (bridge.alias_template), such as
+                                         #waldur_admins:your.server; null disables it
 Then start the container again to generate the registration.
 MSG
     exit 0

@@ -117,6 +117,11 @@ async def steady_state(
                 "bulk_read_seconds": round(read_s, 3),
                 "reconcile_seconds": round(wall - read_s, 3),
                 "simulator_busy_seconds": round(sim1["busy_seconds"], 3),
+                # The sweep against the simulator's time serving the same requests: measures
+                # the bridge whatever the machine's speed (the absolute time does not).
+                "wall_to_simulator_ratio": (
+                    round(wall / sim1["busy_seconds"], 3) if sim1["busy_seconds"] else None
+                ),
                 "simulator_cpu_seconds": round(sim1["cpu_seconds"] - sim0["cpu_seconds"], 2),
                 "waldur_requests": counts["waldur_requests"],
                 "waldur_requests_by_endpoint": sim1["request_counts"],

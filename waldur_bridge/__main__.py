@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
+import stat
 import sys
+from importlib import resources
 from typing import Any
 
 from mautrix.bridge import Bridge
@@ -19,7 +22,7 @@ from .commands import (  # noqa: F401  (registers handlers)
     spaces as _spaces,
 )
 from .commands.handler import RateLimiter, remove_builtins
-from .config import Config, ConfigError
+from .config import Config, ConfigError, EmptyConfigError, yaml_spelling
 from .db import init as init_db, upgrade_table
 from .leadership import (
     EXIT_SQLITE_IN_USE,
@@ -74,24 +77,81 @@ class WaldurBridge(Bridge):
         self.parser.add_argument(
             "--version", action="version", version=f"{self.name} {self.version}"
         )
+        self.parser.add_argument(
+            "--render-registration",
+            metavar="<vars.yaml>",
+            help="print the registration for a deployment's variables (see "
+            "deploy/registration-vars.yaml), and quit; needs no config file",
+        )
+        self.parser.add_argument(
+            "--show-defaults",
+            action="store_true",
+            help="list the settings the config file leaves at their defaults, and quit",
+        )
 
     def prepare_config(self) -> None:
+        if self.args.render_registration:
+            from . import registration_render
+
+            sys.exit(registration_render.main(self.args.render_registration))
         try:
             super().prepare_config()
         except FileNotFoundError:
             print(
-                f"Config file {self.args.config!r} not found. Copy example-config.yaml from the "
-                "package (or the repository) there and edit it.",
+                f"Config file {self.args.config!r} not found. Start from the packaged example: "
+                f"{self._copy_example_command()} and edit it.",
                 file=sys.stderr,
             )
-            sys.exit(11)
+            sys.exit(startup.EXIT_CONFIG)
+        except EmptyConfigError as e:
+            print(
+                f"Config file {self.args.config!r} {e}. Start from the packaged example: "
+                f"{self._copy_example_command()} and edit it.",
+                file=sys.stderr,
+            )
+            sys.exit(startup.EXIT_CONFIG)
         except Exception as e:  # ruamel's parse errors have no common base worth naming
             print(f"Could not read config file {self.args.config!r}: {e}", file=sys.stderr)
-            sys.exit(11)
+            sys.exit(startup.EXIT_CONFIG)
+        if self.args.show_defaults:
+            self._show_defaults()
+            sys.exit(0)
+
+    def _copy_example_command(self) -> str:
+        example = resources.files(self.module) / "example-config.yaml"
+        return f"cp {shlex.quote(str(example))} {shlex.quote(self.args.config)}"
+
+    def _show_defaults(self) -> None:
+        """The keys the file does not set, each with the packaged default it runs with."""
+        base = self.config.load_base()
+        keys = self.config.added_keys
+        print(f"{len(keys)} keys are not in {self.args.config} and use their defaults:")
+        for key in keys:
+            print(f"  {key}: {yaml_spelling(base[key] if base is not None else None)}")
 
     def prepare_log(self) -> None:
         super().prepare_log()
         logs.configure(self.config)
+
+    def generate_registration(self) -> None:
+        super().generate_registration()
+        config_path = self.config.path
+        try:
+            mode = stat.S_IMODE(os.stat(config_path).st_mode)
+        except OSError:
+            mode = 0
+        if mode & 0o044:
+            print(
+                f"Warning: {config_path} holds the appservice tokens and waldur.token and is "
+                f"readable by other users (mode {mode:04o}): chmod 600 {shlex.quote(config_path)}"
+            )
+        print(
+            f"Next: install {self.config.registration_path} in the homeserver. Synapse: list it "
+            "under app_service_config_files in homeserver.yaml and restart Synapse. Conduit or "
+            "Tuwunel: send `!admin appservices register` followed by the file's contents to the "
+            "admin room. Then start the bridge: "
+            f"waldur-bridge -c {shlex.quote(config_path)}"
+        )
 
     def check_config(self) -> None:
         try:
@@ -106,6 +166,7 @@ class WaldurBridge(Bridge):
         startup.database_failed(self, e)
 
     def prepare_db(self) -> None:
+        startup.check_database_scheme(self.config)
         super().prepare_db()
         init_db(self.db)
 
@@ -176,6 +237,14 @@ class WaldurBridge(Bridge):
         await self.sync.stop()
         await super().stop()
         await self.leadership.release()
+
+    def start_prometheus(self) -> None:
+        try:
+            super().start_prometheus()
+        except (OSError, OverflowError) as e:
+            startup.metrics_failed(
+                self.config["metrics.hostname"], self.config["metrics.listen_port"], e
+            )
 
     def prepare_stop(self) -> None:
         self.add_shutdown_actions(self.waldur.close())

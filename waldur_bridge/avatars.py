@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Collection
 from typing import Protocol
 
 from mautrix.appservice import AppService
@@ -26,9 +27,12 @@ class AvatarRecord(Protocol):
 
 
 class Avatars:
-    def __init__(self, waldur: WaldurClient, az: AppService) -> None:
+    def __init__(
+        self, waldur: WaldurClient, az: AppService, allowed_hosts: Collection[str] = ()
+    ) -> None:
         self.waldur = waldur
         self.az = az
+        self.allowed_hosts = tuple(allowed_hosts)
         self.uploads = 0
         # Image URLs that failed, so each problem is logged once, not every sweep.
         self._reported: set[str] = set()
@@ -50,7 +54,9 @@ class Avatars:
         if image_url == record.avatar_url and record.avatar_mxc:
             return False
         try:
-            data, content_type = await self.waldur.get_image(image_url, MAX_IMAGE_BYTES)
+            data, content_type = await self.waldur.get_image(
+                image_url, MAX_IMAGE_BYTES, allowed_hosts=self.allowed_hosts
+            )
         except WaldurError as e:
             if image_url not in self._reported:
                 self._reported.add(image_url)

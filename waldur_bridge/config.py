@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import io
+import json
 import os
 import re
 import secrets
@@ -58,6 +59,18 @@ ENCRYPTION_MODULES = ("olm", "Crypto", "unpaddedbase64", "base58")
 
 def encryption_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ENCRYPTION_MODULES)
+
+
+class EmptyConfigError(ValueError):
+    """The config file holds no settings (empty, only comments, or not a map)."""
+
+
+def yaml_spelling(value: Any) -> str:
+    """A value as it is written in the YAML file (true, null, "text"), not as Python shows it."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 class ConfigError(ValueError):
@@ -202,6 +215,13 @@ class Config(BaseBridgeConfig):
     # endregion
     # region update
 
+    def load(self) -> None:
+        super().load()
+        if not isinstance(self._data, dict):
+            raise EmptyConfigError(
+                "is empty" if self._data is None else "does not hold a map of settings"
+            )
+
     def update(self, save: bool = True) -> None:
         """Merge the file into the packaged defaults, in memory only.
 
@@ -335,17 +355,52 @@ class Config(BaseBridgeConfig):
                 continue
             if not _same_type(default, value):
                 problems.append(
-                    f"{path}: must be {_type_name(default)}, got {value!r}. "
-                    f"The default is {default!r}."
+                    f"{path}: must be {_type_name(default)}, got {yaml_spelling(value)}. "
+                    f"The default is {yaml_spelling(default)}."
                 )
         for path, choices in CHOICES.items():
             value = self.get(path, None)
             if value is not None and str(value) not in map(str, choices):
                 options = ", ".join(map(str, choices))
-                problems.append(f"{path}: {value!r} is not one of {options}.")
+                problems.append(f"{path}: {yaml_spelling(value)} is not one of {options}.")
+        problems.extend(self._placeholder_problems())
         problems.extend(self._validate_specifics())
         if problems:
             raise ConfigError(problems)
+
+    def value_source(self, key: str) -> str:
+        """Where the value in use for ``key`` comes from, for messages (never the value)."""
+        secret = self.secrets.get(key)
+        if secret is not None:
+            return secret.source
+        env_key = key.replace(".", "_").upper()
+        if env_key in self.env:
+            return f"{self.env_prefix}_{env_key}"
+        return f"the config file {self.path}"
+
+    def _placeholder_problems(self) -> list[str]:
+        """Values the project's deployment files ship as stand-ins (set-from-the-secret,
+        CHANGE-ME-...) would otherwise run as real tokens or passwords."""
+        problems = []
+        for key in secret_sources.PLACEHOLDER_CHECKED_KEYS:
+            if not self._check_tokens and key in ("appservice.as_token", "appservice.hs_token"):
+                continue  # -g replaces them
+            if secret_sources.placeholder_in(self[key]) is None:
+                continue
+            source = self.value_source(key)
+            name = secret_sources.env_name(key)
+            where = (
+                f"{name} (or {name}_FILE, a file with the value)"
+                if key in secret_sources.SECRET_KEYS
+                else name
+            )
+            # The marker itself is not shown: the log filter hides configured secret values.
+            problems.append(
+                f"{key}: the value from {source} is a placeholder from the project's example "
+                f"files (deploy/), not a real value. Set the real value there or in {where}; "
+                "in Kubernetes, fill in and apply the Secret (deploy/kubernetes/secret.yaml)."
+            )
+        return problems
 
     def _validate_specifics(self) -> list[str]:
         problems = []
@@ -421,6 +476,16 @@ class Config(BaseBridgeConfig):
                 "in Synapse, experimental_features msc2409_to_device_messages_enabled and "
                 "msc3202_transaction_extensions). Regenerate the registration after changing it."
             )
+        for host in self.get("bridge.avatars.allowed_hosts", []) or []:
+            if (
+                not isinstance(host, str)
+                or not re.match(r"^[A-Za-z0-9.\-\[\]:]+$", host)
+                or ("://" in host)
+            ):
+                problems.append(
+                    f"bridge.avatars.allowed_hosts: {yaml_spelling(host)} is not a host name; "
+                    'list hosts only, e.g. "media.example.org".'
+                )
         problems.extend(self._validate_provisioning())
         signin, signin_problems = self.signin_settings()
         problems.extend(signin_problems)

@@ -58,6 +58,7 @@ class ManagementRoom:
             "invitees": self.admins(),
         }
         localpart = alias[1:].split(":", 1)[0]
+        given: RoomAlias | None = alias
         try:
             self.room_id = await intent.create_room(alias_localpart=localpart, **creation)
         except MatrixRequestError as e:
@@ -72,8 +73,15 @@ class ManagementRoom:
                 e.message,
             )
             self.room_id = await intent.create_room(**creation)
+            given = None
         await BridgeState.set(self._state_key, self.room_id)
-        log.info("Created the management room %s (%s)", alias, self.room_id)
+        if given is not None:
+            log.info("Created the management room %s with the alias %s", self.room_id, given)
+        else:
+            log.info(
+                "Created the management room %s without an alias (admins find it by the invite)",
+                self.room_id,
+            )
         return self.room_id
 
     @property

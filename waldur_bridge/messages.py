@@ -624,14 +624,15 @@ def room_reopened_notice() -> Reply:
     return _line(_text("This room was reopened."))
 
 
-def unknown_command_reply(word: str, prefix: str) -> Reply:
-    """The answer to a command word the bot does not know, pointing at ``help``."""
+def unknown_command_reply(word: str, prefix: str | None) -> Reply:
+    """The answer to a command word the bot does not know, pointing at ``help`` (bare where
+    commands take no prefix: ``prefix`` None)."""
     return _line(
         _cat(
             "Unknown command ",
             _code(_clean(word, COMMAND_LIMIT)),
             ". Send ",
-            _code(f"{prefix} help"),
+            _code(f"{prefix} help" if prefix else "help"),
             " for the list.",
         )
     )

@@ -28,6 +28,20 @@ SECRET_KEYS = (
 )
 
 
+# Stand-in values in the project's own files (deploy/kubernetes, deploy/registration-vars.yaml):
+# one of them reaching the bridge means a Secret was not created or not filled in.
+PLACEHOLDER_MARKERS = ("set-from-the-secret", "CHANGE-ME")
+# Keys whose values such files fill with a placeholder (the database URL's password too).
+PLACEHOLDER_CHECKED_KEYS = (*SECRET_KEYS, "appservice.database")
+
+
+def placeholder_in(value: object) -> str | None:
+    """The placeholder marker in a value, if it holds one."""
+    if not isinstance(value, str):
+        return None
+    return next((m for m in PLACEHOLDER_MARKERS if m.lower() in value.lower()), None)
+
+
 def env_name(key: str) -> str:
     # Anything but letters and digits becomes "_" (a sign-in client ID may hold "-").
     return ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", key).upper()

@@ -33,9 +33,17 @@ log = logging.getLogger("mau.startup")
 
 # Exit codes (mautrix's own: 11 configuration, 16 homeserver connection, 18 old homeserver,
 # 25 database).
+EXIT_CONFIG = 11
 EXIT_HOMESERVER = 16
 EXIT_LISTEN = 17
+EXIT_METRICS = 19
 EXIT_DATABASE = 25
+
+# Up to this many new keys are named in the log line; more (a partial config) are counted.
+SHOWN_ADDED_KEYS = 10
+
+# URL schemes of appservice.database that mautrix has a driver for and the bridge supports.
+DATABASE_SCHEMES = ("postgres", "postgresql", "sqlite", "sqlite3")
 
 # Waits between start-up attempts while the homeserver is away or does not know the
 # registration yet: doubling from FIRST_RETRY up to MAX_RETRY seconds, for as long as it takes
@@ -95,19 +103,76 @@ def save_config(config: Config) -> None:
             e.strerror or e,
         )
         return
-    if config.added_keys:
-        where = f"added to {config.path}" if written else "not saved (-n)"
-        log.info("New settings with their defaults, %s: %s", where, ", ".join(config.added_keys))
+    if not config.added_keys:
+        return
+    if written and len(config.added_keys) <= SHOWN_ADDED_KEYS:
+        log.info(
+            "New settings with their defaults, added to %s: %s",
+            config.path,
+            ", ".join(config.added_keys),
+        )
+    elif written:
+        log.info(
+            "%d settings with their defaults added to %s (a partial config was filled in)",
+            len(config.added_keys),
+            config.path,
+        )
+    else:
+        # With -n (a read-only, minimal config) this comes on every start: a count, not the list.
+        count = len(config.added_keys)
+        log.info(
+            "%d %s the defaults (not in the config file); `--show-defaults` lists them",
+            count,
+            "key uses" if count == 1 else "keys use",
+        )
+
+
+def shown_database_url(url: str) -> str:
+    """appservice.database for a log line: the password as ***."""
+    try:
+        parsed = URL(url)
+        return str(parsed.with_password("***")) if parsed.password else url
+    except ValueError:
+        return "(unparsable URL)"
+
+
+def check_database_scheme(config: Config) -> None:
+    """A scheme mautrix has no driver for ends in KeyError deep inside it: say it here."""
+    url = str(config["appservice.database"])
+    scheme = url.partition(":")[0].lower()
+    if scheme in DATABASE_SCHEMES:
+        return
+    fail(
+        StartupError(
+            f"appservice.database {shown_database_url(url)} (from "
+            f"{config.value_source('appservice.database')}): {scheme or 'no'} scheme is not "
+            "supported. Use postgres://user:password@host/database (PostgreSQL, needed for "
+            "several instances) or sqlite:file.db.",
+            EXIT_DATABASE,
+        )
+    )
+
+
+def metrics_failed(host: str, port: Any, error: Exception) -> NoReturn:
+    """One line for a metrics listener that cannot start (port taken or not a port)."""
+    if isinstance(error, OverflowError):
+        reason = "not a port number (1 to 65535)"
+    else:
+        reason = getattr(error, "strerror", None) or str(error)
+    fail(
+        StartupError(
+            f"Cannot serve metrics on {host}:{port} (metrics.hostname:metrics.listen_port): "
+            f"{reason}. Choose a free port from 1 to 65535 for metrics.listen_port (each "
+            "instance on one host needs its own) and an address of this host for "
+            "metrics.hostname, or set metrics.enabled to false.",
+            EXIT_METRICS,
+        )
+    )
 
 
 def database_failed(bridge: WaldurBridge, error: Exception) -> NoReturn:
     """One line for a database that cannot be opened or upgraded (mautrix logs a traceback)."""
-    url = str(bridge.config["appservice.database"])
-    try:
-        parsed = URL(url)
-        shown = str(parsed.with_password("***")) if parsed.password else url
-    except ValueError:
-        shown = "(unparsable URL)"
+    shown = shown_database_url(str(bridge.config["appservice.database"]))
     explanation = getattr(error, "explanation", None)
     detail = f"{type(error).__name__}: {error}".rstrip(": ")
     fail(

@@ -74,6 +74,14 @@ class WaldurAccess:
                 "Set waldur.token to a valid API token of the service account (a staff user "
                 "whose token_lifetime is null) and restart the bridge.",
             )
+        if error.status is not None:
+            # Waldur (or the proxy in front of it) answered: the network is fine, Waldur is not.
+            return (
+                f"Waldur at {self.url} answers HTTP {error.status} on {error.path}: "
+                f"{error.message}.",
+                "Waldur itself is failing or overloaded (see its logs and status, or the proxy "
+                "in front of it); the bridge keeps retrying.",
+            )
         return (
             f"Waldur at {self.url} cannot be reached: {error.message}.",
             "Check waldur.url and the network path to Waldur; the bridge keeps retrying.",

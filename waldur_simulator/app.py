@@ -13,8 +13,10 @@ from aiohttp import web
 from . import catalog
 from .listing import (
     ApiError,
+    ListingCache,
     forbidden,
     json_response,
+    listing_key,
     multi,
     not_found,
     order_items,
@@ -38,6 +40,7 @@ _URL_RE = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
 class WaldurApi:
     def __init__(self, state: SimulatorState) -> None:
         self.state = state
+        self.listings = ListingCache()
 
     @property
     def max_page_size(self) -> int:
@@ -89,11 +92,35 @@ class WaldurApi:
             g("/media/{folder}/{name}", self.media),
         ]
 
-    async def media(self, request: web.Request) -> web.Response:
+    async def media(self, request: web.Request) -> web.StreamResponse:
         image = self.state.media(request.match_info["folder"], request.match_info["name"])
         if image is None:
             raise web.HTTPNotFound()
-        return web.Response(body=image.data, content_type=image.content_type)
+        if image.redirect_to is not None:
+            raise web.HTTPFound(image.redirect_to)
+        if image.streamed_size is None:
+            self.state.media_bytes_sent += len(image.data)
+            return web.Response(body=image.data, content_type=image.content_type)
+        # A huge body made while it is sent (never held in memory); a client that stops
+        # reading ends it, and media_bytes_sent shows how far it got.
+        response = web.StreamResponse(headers={"Content-Type": image.content_type})
+        response.content_length = image.streamed_size
+        await response.prepare(request)
+        chunk = 256 * 1024
+        sent = 0
+        try:
+            await response.write(image.data)
+            sent = len(image.data)
+            zeros = bytes(chunk)
+            while sent < image.streamed_size:
+                part = zeros[: min(chunk, image.streamed_size - sent)]
+                await response.write(part)
+                sent += len(part)
+                self.state.media_bytes_sent += len(part)
+        except (ConnectionResetError, ConnectionError):
+            return response
+        await response.write_eof()
+        return response
 
     @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -183,6 +210,18 @@ class WaldurApi:
 
     async def users_list(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
+        faults = getattr(self.state, "faults", None)
+        hidden = frozenset(faults.hidden_users) if faults is not None else frozenset()
+        privileged = self._privileged(request)
+        key = listing_key(request, self.state.users_revision, viewer.uuid, privileged, hidden)
+        users = self.listings.get(key, lambda: self._users(request))
+        ser = self.ser(request)
+        # UserSerializer shows the token when the whole result is the caller herself.
+        alone = len(users) == 1 and users[0] is viewer
+        return self.page(request, users, lambda u: ser.user(u, with_token=alone))
+
+    def _users(self, request: web.Request) -> list[User]:
+        viewer = self.viewer(request)
         q = request.query
         users = list(self.state.users.values()) if self._privileged(request) else [viewer]
         faults = getattr(self.state, "faults", None)
@@ -210,10 +249,7 @@ class WaldurApi:
                 "is_active": lambda u: u.is_active,
             },
         )
-        ser = self.ser(request)
-        # UserSerializer shows the token when the whole result is the caller herself.
-        alone = len(users) == 1 and users[0] is viewer
-        return self.page(request, users, lambda u: ser.user(u, with_token=alone))
+        return users
 
     async def user_detail(self, request: web.Request) -> web.Response:
         viewer = self.viewer(request)
@@ -446,8 +482,14 @@ class WaldurApi:
     # ------------------------------------------------------------------ user-permissions
 
     async def permissions_list(self, request: web.Request) -> web.Response:
+        viewer, privileged = self.viewer(request).uuid, self._privileged(request)
+        key = listing_key(request, self.state.grants_revision, viewer, privileged)
+        grants = self.listings.get(key, lambda: self._permissions(request))
+        return self.page(request, grants, self.ser(request).permission, fields=False)
+
+    def _permissions(self, request: web.Request) -> list[Grant]:
         grants = self._filter_permissions(request)
-        grants = order_items(
+        return order_items(
             request,
             grants,
             {
@@ -460,7 +502,6 @@ class WaldurApi:
                 "role": lambda g: g.role.name,
             },
         )
-        return self.page(request, grants, self.ser(request).permission, fields=False)
 
     def _filter_permissions(self, request: web.Request) -> list[Grant]:
         state, q = self.state, request.query

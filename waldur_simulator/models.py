@@ -45,7 +45,11 @@ class Image:
     folder: str
     name: str
     data: bytes
-    content_type: str
+    content_type: str  # what the server claims (a test can make it lie about data)
+    # Hostile or broken servers, for the bridge's guards: a redirect to this URL instead of
+    # the picture, or data followed by zeros up to this many bytes, produced as it is sent.
+    redirect_to: str | None = None
+    streamed_size: int | None = None
 
 
 @dataclass(eq=False)

@@ -59,6 +59,10 @@ class SimulatorState:
         self.grant_list: list[Grant] = []  # creation order
         self.grants_by_scope: dict[str, list[Grant]] = {}
         self.grants_by_user: dict[str, list[Grant]] = {}
+        # Bumped by every change to the users or the grants: listings keep their filtered and
+        # ordered items between pages until one of these moves (see app.ListingCache).
+        self.users_revision = 0
+        self.grants_revision = 0
         self.offerings: dict[str, Offering] = {}
         self.offerings_by_name: dict[str, Offering] = {}
         self.resources: dict[str, Resource] = {}
@@ -68,6 +72,8 @@ class SimulatorState:
         self._event_ts: list[float] = []
         self.events_by_uuid: dict[str, Event] = {}
         self.hooks: dict[str, Hook] = {}
+        # Bytes of images the media URLs sent (a client that stops reading stops the count).
+        self.media_bytes_sent = 0
         self.tokens: dict[str, Token] = {}
         self._token_of_user: dict[str, str] = {}
         # Password sign-in (POST /api-auth/password/): salted hashes by user uuid, the
@@ -285,6 +291,7 @@ class SimulatorState:
         )
         self.users[user.uuid] = user
         self.users_by_username[username] = user
+        self.users_revision += 1
         self._log_user("user_creation_succeeded", user, f"User {username} has been created.")
         return user.uuid
 
@@ -293,12 +300,14 @@ class SimulatorState:
         user = self.user(uuid)
         if user.is_active:
             user.is_active = False
+            self.users_revision += 1
             self._log_user("user_deactivated", user, f"User {user.username} has been deactivated.")
 
     def activate_user(self, uuid: str) -> None:
         user = self.user(uuid)
         if not user.is_active:
             user.is_active = True
+            self.users_revision += 1
             self._log_user("user_activated", user, f"User {user.username} has been activated.")
 
     def token_for(self, user_uuid: str) -> str:
@@ -485,17 +494,27 @@ class SimulatorState:
             )
 
     def set_image(
-        self, scope_uuid: str, data: bytes | None, content_type: str = "image/png"
+        self,
+        scope_uuid: str,
+        data: bytes | None,
+        content_type: str = "image/png",
+        *,
+        redirect_to: str | None = None,
+        streamed_size: int | None = None,
     ) -> str | None:
         """Upload (or with None remove) the image of a project or an organization, as its
         page in Waldur does. Each upload gets a new file name, like Django's storage; the
-        update event names the changed field. Returns the media path, or None."""
+        update event names the changed field. Returns the media path, or None.
+
+        ``content_type`` is what the media URL will claim, whatever ``data`` is;
+        ``redirect_to`` makes it answer 302 to that URL; ``streamed_size`` makes it send
+        ``data`` and then zeros up to that many bytes, generated while sending."""
         scope = self.scope(scope_uuid)
         image = None
         if data is not None:
             folder = "customer_images" if isinstance(scope, Customer) else "project_images"
             name = f"{scope.uuid[:8]}-{self.new_uuid()[:8]}.{content_type.rsplit('/', 1)[-1]}"
-            image = Image(folder, name, data, content_type)
+            image = Image(folder, name, data, content_type, redirect_to, streamed_size)
         scope.image = image
         if isinstance(scope, Project):
             message = f"Project {scope.name} has been updated. Image has been changed."
@@ -602,6 +621,7 @@ class SimulatorState:
         )
         self.grants[grant.uuid] = grant
         self.grant_list.append(grant)
+        self.grants_revision += 1
         self.grants_by_scope.setdefault(scope.uuid, []).append(grant)
         self.grants_by_user.setdefault(user.uuid, []).append(grant)
         if not self._quiet:
@@ -618,6 +638,7 @@ class SimulatorState:
         grant.is_active = False
         grant.expiration_time = self.now()
         grant.revoked_by = self._actor
+        self.grants_revision += 1
         who = grant.user.full_name or grant.user.username
         self._log_role(
             "role_revoked",
@@ -646,6 +667,7 @@ class SimulatorState:
             raise KeyError("no active grant")
         grant = grants[0]
         grant.expiration_time = to_utc(expiration_time)
+        self.grants_revision += 1
         who = grant.user.full_name or grant.user.username
         # Waldur 7.0 reads the "previous" value after saving, so both times are the new one.
         self._log_role(

@@ -114,6 +114,58 @@ async def test_bridge_registers_its_own_web_hook(bridge_env: BridgeEnv) -> None:
     assert sum(h.destination_url == expected for h in bridge_env.sim.hooks.values()) == 1
 
 
+async def test_a_new_address_moves_the_bridges_hook_and_removes_stale_ones(
+    bridge_env: BridgeEnv,
+) -> None:
+    """appservice.address changes (here to another name of the same host, so the moved hook
+    can be seen to work): the bridge's hook is updated in place, a stale copy pointing at a
+    dead address is deleted, somebody else's hook stays."""
+    sim = bridge_env.sim
+    _, project = project_with_admin(bridge_env)
+    secret = "fixed-test-secret-0123456789abcdef"
+    port = bridge_env.hs.as_port
+    await bridge_env.start(**{"waldur.webhook.register": True, "waldur.webhook.secret": secret})
+    await bridge_env.sweep()
+    room = await bridge_env.portal_room(project)
+    path = bridge_env.bridge.config.webhook_path
+    first = f"http://127.0.0.1:{port}{path}"
+
+    async def registered() -> str | None:
+        return next((u for u, h in sim.hooks.items() if h.destination_url == first), None)
+
+    original = await wait_for(registered, 10, "the web hook in Waldur")
+    stale = sim.add_hook(f"http://192.0.2.1:29334{path}", event_types=["role_granted"])
+    foreign = sim.add_hook("http://192.0.2.2/waldur/webhook/another-bridge", ["role_granted"])
+    await bridge_env.stop()
+
+    moved = f"http://localhost:{port}{path}"
+    await bridge_env.start(
+        **{
+            "waldur.webhook.register": True,
+            "waldur.webhook.secret": secret,
+            "appservice.address": f"http://localhost:{port}",
+        }
+    )
+
+    async def only_the_moved_hook() -> bool:
+        ours = {
+            u: h.destination_url
+            for u, h in sim.hooks.items()
+            if h.destination_url != (sim.hooks[foreign].destination_url)
+        }
+        return ours == {original: moved}
+
+    await wait_for(only_the_moved_hook, 10, "the hook moved in place and the stale one deleted")
+    assert stale not in sim.hooks and foreign in sim.hooks
+    user = sim.add_user("moved", "Moved Hook")
+    sim.grant(user, project, "PROJECT.MEMBER")
+
+    async def joined() -> bool:
+        return (await bridge_env.members(room)).get(bridge_env.puppet("moved")) == "join"
+
+    await wait_for(joined, 10, "the moved web hook to bring the new member in")
+
+
 async def test_new_project_reported_by_web_hook_gets_a_room(bridge_env: BridgeEnv) -> None:
     await bridge_env.start()
     await bridge_env.sweep()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -196,11 +197,14 @@ async def test_room_commands_are_rate_limited(bridge_env: BridgeEnv) -> None:
         await team.close()
 
 
-async def test_admin_commands_and_held_removals(bridge_env: BridgeEnv) -> None:
+async def test_admin_commands_and_held_removals(
+    bridge_env: BridgeEnv, caplog: pytest.LogCaptureFixture
+) -> None:
     sim = bridge_env.sim
     suffix = secrets.token_hex(3)
     admin_id, token = await bridge_env.hs.register_user(f"admin{suffix}", "pw")
     admin = MatrixTestUser(bridge_env.hs.url, admin_id, token)
+    caplog.set_level(logging.INFO, logger="waldur.management")
     org = sim.add_customer("Big Org")
     project = sim.add_project(org, "Crowd Sourcing")
     users = [sim.add_user(f"m{i}{suffix}", f"Member {i}") for i in range(6)]
@@ -217,6 +221,12 @@ async def test_admin_commands_and_held_removals(bridge_env: BridgeEnv) -> None:
         mgmt = await admin.wait_for_invite(timeout=10)
         await admin.join(mgmt)
         room = await bridge_env.portal_room(project)
+        # The alias is outside the bridge's namespace (waldur_...): the homeserver refuses it,
+        # and the log says the room has none rather than naming the alias.
+        created = [r.getMessage() for r in caplog.records if "Created the management" in r.msg]
+        assert created == [
+            f"Created the management room {mgmt} without an alias (admins find it by the invite)"
+        ]
 
         listing = await ask(admin, mgmt, "rooms")
         assert "Crowd Sourcing" in listing["body"] and "active" in listing["body"]
@@ -256,6 +266,9 @@ async def test_admin_commands_and_held_removals(bridge_env: BridgeEnv) -> None:
 
         version = await ask(admin, mgmt, "version")
         assert "waldur-matrix-bridge" in version["body"]
+        # Commands here take no prefix, so the pointer to help has none either.
+        unknown = await ask(admin, mgmt, "frobnicate")
+        assert "Unknown command `frobnicate`. Send `help` for the list." in unknown["body"]
     finally:
         await admin.close()
 

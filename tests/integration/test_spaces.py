@@ -481,6 +481,34 @@ async def test_avatar_from_waldur_is_uploaded_once(bridge_env: BridgeEnv) -> Non
     assert "url" not in await bridge_env.state(apollo, "m.room.avatar")
 
 
+async def test_hostile_images_are_refused_without_reading_them_whole(
+    bridge_env: BridgeEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Image URLs in Waldur that redirect to another loopback host, stream 200 MB, or claim
+    to be PNG while holding something else: no avatar, one warning each, and the 200 MB body
+    is cut at the 5 MB limit instead of being read into memory."""
+    sim = bridge_env.sim
+    ids = orgs(sim)
+    await bridge_env.start()
+    await bridge_env.sweep()
+    rooms = {k: await bridge_env.portal_room(ids[k]) for k in ("apollo", "gemini", "aurora")}
+    elsewhere = sim.url.replace("127.0.0.1", "localhost") + "/media/x/y.png"
+    sim.set_image(ids["apollo"], PNG_RED, redirect_to=elsewhere)
+    sim.set_image(ids["gemini"], PNG_RED, streamed_size=200 * 1024 * 1024)
+    sim.set_image(ids["aurora"], b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/png")
+    await bridge_env.sweep()
+    for room in rooms.values():
+        assert await state_or_none(bridge_env, room, "m.room.avatar") is None
+    # The limit plus what the sockets buffered, not 200 MB.
+    assert sim.media_bytes_sent < 64 * 1024 * 1024, sim.media_bytes_sent
+    warnings = [r.getMessage() for r in caplog.records if r.name == "waldur.avatars"]
+    assert len(warnings) == 3, warnings
+    text = "\n".join(warnings)
+    assert "redirects to another host (localhost" in text
+    assert "over the 5242880 byte limit" in text
+    assert "not a PNG, JPEG, GIF or WebP picture" in text and "the server said image/png" in text
+
+
 @pytest.mark.parametrize("setting,expected", [("auto", "12"), ("11", "11")])
 async def test_room_versions_for_portals_and_spaces(
     bridge_env: BridgeEnv, setting: str, expected: str

@@ -150,7 +150,7 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
     [
         ("waldur.sweep_interval", "often", "waldur.sweep_interval: must be a whole number"),
         ("waldur.events.enabled", "yes", "waldur.events.enabled: must be true or false"),
-        ("bridge.portals.create", "some", "bridge.portals.create: 'some' is not one of"),
+        ("bridge.portals.create", "some", 'bridge.portals.create: "some" is not one of'),
         ("bridge.membership.max_removal_share", 1.5, "must be between 0 and 1"),
         ("bridge.membership.power_levels", {"PROJECT.ADMIN": 500}, "from 0 to 100"),
         ("bridge.permissions", {"*": "superuser"}, "'superuser' is not one of user, admin"),
@@ -166,7 +166,7 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
         ("bridge.membership.settle_seconds", -1, "settle_seconds: must be 0 or more"),
         ("bridge.membership.settle_max_wait", 0.5, "settle_max_wait: must be at least"),
         ("bridge.membership.settle_seconds", "soon", "settle_seconds: must be"),
-        ("bridge.portals.room_version", "13", "bridge.portals.room_version: '13' is not one of"),
+        ("bridge.portals.room_version", "13", 'bridge.portals.room_version: "13" is not one'),
         ("bridge.spaces.enabled", "no", "bridge.spaces.enabled: must be true or false"),
         ("bridge.portals.progress_interval", -1, "progress_interval: must be a number of seconds"),
     ],
@@ -174,6 +174,76 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
 def test_wrong_values_are_explained(tmp_path: Path, key: str, value: Any, expected: str) -> None:
     problems = "\n".join(problems_of(write_raw(tmp_path, **{key: value})))
     assert expected in problems
+
+
+def test_type_errors_use_yaml_spellings(tmp_path: Path) -> None:
+    problems = problems_of(
+        write_raw(tmp_path, **{"waldur.events.enabled": None, "bridge.spaces.enabled": "off"})
+    )
+    line = next(p for p in problems if p.startswith("bridge.spaces.enabled"))
+    assert line == 'bridge.spaces.enabled: must be true or false, got "off". The default is true.'
+    problems = problems_of(write_raw(tmp_path, **{"bridge.portals.create": False}))
+    assert "bridge.portals.create: must be a string, got false. The default is " in problems[0]
+    assert not [p for p in problems if "False" in p or "True" in p or "None" in p]
+
+
+PLACEHOLDER_FILES = ("deploy/kubernetes/configmap.yaml", "deploy/kubernetes/secret.yaml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("waldur.token", "set-from-the-secret"),
+        ("appservice.as_token", "set-from-the-secret"),
+        ("waldur.webhook.secret", "CHANGE-ME-webhook-secret"),
+        ("appservice.database", "postgres://waldur_bridge:CHANGE-ME@postgresql:5432/db"),
+    ],
+)
+def test_shipped_placeholders_in_the_file_are_refused(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    path = write_raw(tmp_path, **{key: value})
+    problems = problems_of(path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{key}: the value from the config file {path} is a placeholder")
+
+
+def test_shipped_placeholders_from_the_environment_or_a_file_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_file = tmp_path / "hs_token"
+    secret_file.write_text("CHANGE-ME-hs-token\n")
+    monkeypatch.setenv("WALDUR_BRIDGE_WALDUR_TOKEN", "CHANGE-ME-waldur-api-token")
+    monkeypatch.setenv("WALDUR_BRIDGE_APPSERVICE_HS_TOKEN_FILE", str(secret_file))
+    monkeypatch.setenv(
+        "WALDUR_BRIDGE_APPSERVICE_DATABASE", "postgres://u:CHANGE-ME@postgresql/waldur_bridge"
+    )
+    # The prefix the bridge gives mautrix, which then reads any WALDUR_BRIDGE_<KEY> variable.
+    config = Config(str(write_raw(tmp_path)), "", BASE_CONFIG, env_prefix="WALDUR_BRIDGE")
+    config.load()
+    config.update(save=False)
+    with pytest.raises(ConfigError) as e:
+        config.validate()
+    assert [p.split(" is a ")[0] for p in e.value.problems] == [
+        "waldur.token: the value from WALDUR_BRIDGE_WALDUR_TOKEN",
+        "appservice.hs_token: the value from "
+        f"WALDUR_BRIDGE_APPSERVICE_HS_TOKEN_FILE={secret_file}",
+        "appservice.database: the value from WALDUR_BRIDGE_APPSERVICE_DATABASE",
+    ]
+
+
+def test_every_placeholder_the_project_ships_is_known() -> None:
+    """Each stand-in value in the deployment files is one the bridge refuses."""
+    from waldur_bridge.secret_sources import placeholder_in
+
+    root = Path(__file__).resolve().parents[2]
+    for name in (*PLACEHOLDER_FILES, "deploy/registration-vars.yaml"):
+        for line in (root / name).read_text().splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            if "set-from" in line or "CHANGE" in line.upper():
+                value = line.split(":", 1)[1].strip()
+                assert placeholder_in(value), (name, line)
 
 
 def test_permissions_lookup_order(tmp_path: Path) -> None:

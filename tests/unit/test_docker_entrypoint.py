@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -124,6 +125,10 @@ def test_three_starts(tmp_path: Path, shim_env: dict[str, str]) -> None:
     assert registration["rate_limited"] is False
     assert registration["url"] == "http://waldur-bridge:29334"
     assert registration["namespaces"]["users"][1]["regex"] == r"@waldurbot:test\.local"
+    # The management room alias it suggests is one the homeserver lets the bridge create.
+    (suggested,) = re.findall(r"#\S+:your\.server", first.stdout)
+    alias_regex = registration["namespaces"]["aliases"][0]["regex"]
+    assert re.fullmatch(alias_regex, suggested.replace("your.server", "test.local")), suggested
     config = _load_yaml(config_path)
     assert config["appservice"]["as_token"] == registration["as_token"]
     assert config["appservice"]["hostname"] == "0.0.0.0"
@@ -210,9 +215,42 @@ def _all(keyword: str) -> list[str]:
 def test_dockerfile_base_image_and_stages() -> None:
     froms = _all("FROM")
     assert len(froms) >= 2, "multi-stage build expected"
-    assert all(f.split()[0] == "python:3.12-slim" for f in froms)
+    # Every stage from one base image, pinned by digest (a tag alone moves).
+    (argument,) = [a for a in _all("ARG") if a.startswith("PYTHON_IMAGE=")]
+    image = argument.removeprefix("PYTHON_IMAGE=")
+    assert re.fullmatch(r"python:3\.12-slim@sha256:[0-9a-f]{64}", image), image
+    assert all(f.split()[0] == "${PYTHON_IMAGE}" for f in froms)
     assert froms[0].split()[-2:] == ["AS", "builder"]
     assert any(c.split()[:3] == ["--from=builder", "/opt/venv", "/opt/venv"] for c in _all("COPY"))
+
+
+def test_dockerfile_installs_the_tested_versions() -> None:
+    """The image installs with constraints.txt, which holds the versions of the tested
+    environment: every runtime dependency installed here is pinned at the installed version."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "update_constraints", REPO_ROOT / "scripts" / "update-constraints.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    installs = [r for r in _all("RUN") if "pip install" in r]
+    assert installs and all("-c constraints.txt" in r for r in installs), installs
+    assert "pip install --upgrade" not in " ".join(installs)  # no moving pip either
+    assert "!constraints.txt" in DOCKERIGNORE.read_text().splitlines()
+    pins = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name] = version
+    installed = module.runtime_closure(module.PACKAGE, module.EXTRAS)
+    assert {"mautrix", "aiohttp", "yarl", "asyncpg"} <= set(installed)
+    stale = {n: (pins.get(n), v) for n, v in installed.items() if pins.get(n) != v}
+    assert not stale, f"run scripts/update-constraints.py: (pinned, installed) {stale}"
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "-c constraints.txt -e '.[dev]'" in makefile
 
 
 def test_dockerfile_runs_as_non_root() -> None:

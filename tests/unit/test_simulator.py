@@ -737,3 +737,50 @@ async def test_a_user_without_password_cannot_sign_in(simcur: WaldurSimulator) -
     assert simcur.password_login("bob_idp", "pw-1", "10.0.0.1")[0] == 200
     simcur.set_password(bob, None)
     assert simcur.password_login("bob_idp", "pw-1", "10.0.0.1")[0] == 401
+
+
+async def test_a_listing_is_built_once_for_all_its_pages_and_sees_every_change(
+    sim: WaldurSimulator, http: aiohttp.ClientSession
+) -> None:
+    """Each page request used to filter the whole grant list again (1,000 pages of 100,000
+    grants per sweep): the filtered list is kept for the other pages, and any change to the
+    grants or users is seen by the next request."""
+    api = staff(sim, http)
+    seed_bulk(sim, projects=20, grants=250)
+    cache = sim.api.listings
+
+    async def all_pages(path: str) -> list[dict[str, Any]]:
+        items, page = [], 1
+        while True:
+            status, data, headers = await api.call("GET", f"{path}page_size=50&page={page}")
+            assert status == 200, data
+            items += data
+            if 'rel="next"' not in headers.get("Link", ""):
+                return items
+            page += 1
+
+    builds = cache.builds
+    grants = await all_pages("/api/user-permissions/?")
+    assert len(grants) == 250 and len(grants) // 50 == 5
+    assert cache.builds == builds + 1  # five pages, one build
+
+    user = sim.add_user("latecomer", "Late Comer")
+    project = next(iter(sim.projects))
+    sim.grant(user, project, "PROJECT.MEMBER")
+    after = await all_pages("/api/user-permissions/?")
+    assert len(after) == 251 and user in {g["user_uuid"] for g in after}
+    sim.revoke(user, project, "PROJECT.MEMBER")
+    # 7.0 lists revoked grants too; the current API only active ones.
+    revoked_listed = sim.generation == "7.0"
+    assert len(await all_pages("/api/user-permissions/?")) == 250 + revoked_listed
+    # Another filter is another listing.
+    mine = await all_pages(f"/api/user-permissions/?user={user}&")
+    assert len(mine) == revoked_listed
+
+    users = await all_pages("/api/users/?")
+    assert user in {u["uuid"] for u in users}
+    sim.deactivate_user(user)
+    active = await all_pages("/api/users/?is_active=true&")
+    assert user not in {u["uuid"] for u in active}
+    sim.faults.hide_users(user)
+    assert user not in {u["uuid"] for u in await all_pages("/api/users/?")}

@@ -47,3 +47,35 @@ def test_without_a_management_room_only_the_log() -> None:
     access = WaldurAccess("https://waldur.example.org", None)
     access.observe(WaldurUnavailable("down", path="/api/"))
     assert access.lost and access.problem.startswith("Waldur at https://waldur.example.org")
+
+
+async def test_an_answering_but_failing_waldur_is_not_called_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """HTTP 500 from Waldur, through the real client: the network is fine, Waldur is not."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from waldur_bridge.waldur import WaldurClient
+
+    async def failing(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="<h1>Server Error (500)</h1>")
+
+    app = web.Application()
+    app.router.add_get("/api/users/me/", failing)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    client = WaldurClient(url, "t" * 40, retry_attempts=0, timeout=5)
+    access = WaldurAccess(url, None)
+    client.on_outcome = access.observe
+    caplog.set_level(logging.INFO, logger="waldur.access")
+    try:
+        with pytest.raises(WaldurUnavailable):
+            await client.me()
+    finally:
+        await client.close()
+        await server.close()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"Waldur at {url} answers HTTP 500 on /api/users/me/" in line, line
+    assert "cannot be reached" not in line and "network" not in line

@@ -633,6 +633,12 @@ def test_constructor_rejects_bad_configuration(url: str, token: str) -> None:
 # --- images ----------------------------------------------------------------------------------
 
 
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF"
+GIF = b"GIF89a\x01\x00\x01\x00"
+WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 "
+
+
 def image_handler(seen: list[str | None], body: bytes, content_type: str = "image/png") -> Handler:
     async def handler(request: web.Request) -> web.Response:
         seen.append(request.headers.get("Authorization"))
@@ -645,24 +651,40 @@ async def test_image_on_the_waldur_host_is_fetched_with_the_token(
     serve: Serve, make_client: MakeClient
 ) -> None:
     seen: list[str | None] = []
-    base = await serve({"/media/project_images/a.png": image_handler(seen, b"\x89PNG-a")})
+    base = await serve({"/media/project_images/a.png": image_handler(seen, PNG + b"-a")})
     client = make_client(base)
     data, content_type = await client.get_image(f"{base}media/project_images/a.png")
-    assert (data, content_type) == (b"\x89PNG-a", "image/png")
+    assert (data, content_type) == (PNG + b"-a", "image/png")
     assert seen == [f"Token {TOKEN}"]
 
 
-async def test_image_elsewhere_is_fetched_without_the_token(
+async def test_image_elsewhere_only_from_allowed_hosts_and_without_the_token(
     serve: Serve, make_client: MakeClient
 ) -> None:
     seen: list[str | None] = []
-    base = await serve({"/logo.png": image_handler(seen, b"\x89PNG-b")})
+    base = await serve({"/logo.png": image_handler(seen, PNG + b"-b")})
     client = make_client(base)
     # The same loopback server under another host name: not the configured Waldur host.
     foreign = base.replace("127.0.0.1", "localhost")
-    data, _ = await client.get_image(f"{foreign}logo.png")
-    assert data == b"\x89PNG-b"
+    with pytest.raises(WaldurProtocolError, match="bridge.avatars.allowed_hosts"):
+        await client.get_image(f"{foreign}logo.png")
+    assert seen == []  # not even asked
+    data, _ = await client.get_image(f"{foreign}logo.png", allowed_hosts=["localhost"])
+    assert data == PNG + b"-b"
     assert seen == [None]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [(PNG, "image/png"), (JPEG, "image/jpeg"), (GIF, "image/gif"), (WEBP, "image/webp")],
+)
+async def test_image_type_comes_from_its_first_bytes(
+    serve: Serve, make_client: MakeClient, body: bytes, expected: str
+) -> None:
+    # The header says PNG for all of them; the bytes decide.
+    base = await serve({"/i": image_handler([], body + b"rest", "image/png")})
+    _, content_type = await make_client(base).get_image(f"{base}i")
+    assert content_type == expected
 
 
 async def test_non_images_and_oversized_images_are_refused(
@@ -672,13 +694,69 @@ async def test_non_images_and_oversized_images_are_refused(
     base = await serve(
         {
             "/page": image_handler(seen, b"<html>", "text/html"),
-            "/big.png": image_handler(seen, b"x" * 2048),
+            # A type lie: the header says PNG, the bytes are an SVG (scriptable) document.
+            "/lie.png": image_handler(seen, b"<svg xmlns='http://www.w3.org/2000/svg'/>"),
+            "/big.png": image_handler(seen, PNG + b"x" * 2048),
         }
     )
     client = make_client(base)
-    with pytest.raises(WaldurProtocolError, match="content type"):
+    with pytest.raises(WaldurProtocolError, match="not a PNG, JPEG, GIF or WebP"):
         await client.get_image(f"{base}page")
+    with pytest.raises(WaldurProtocolError, match="the server said image/png"):
+        await client.get_image(f"{base}lie.png")
     with pytest.raises(WaldurProtocolError, match="over the 1024 byte limit"):
         await client.get_image(f"{base}big.png", max_bytes=1024)
     with pytest.raises(WaldurProtocolError, match="not an absolute"):
         await client.get_image("/media/relative.png")
+
+
+async def test_image_stream_is_cut_at_the_limit(serve: Serve, make_client: MakeClient) -> None:
+    """A 200 MB body without a length: reading stops just past the limit, never the whole."""
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = PNG + bytes(256 * 1024 - len(PNG))
+        try:
+            while sent < 200 * 1024 * 1024:
+                await response.write(chunk)
+                sent += len(chunk)
+        except ConnectionError:
+            pass
+        return response
+
+    base = await serve({"/huge.png": endless})
+    client = make_client(base)
+    with pytest.raises(WaldurProtocolError, match="over the 5242880 byte limit"):
+        await client.get_image(f"{base}huge.png", max_bytes=5 * 1024 * 1024)
+    # What the server got out before it noticed: the limit plus socket buffers, not 200 MB.
+    assert sent < 64 * 1024 * 1024, sent
+
+
+async def test_image_redirects_stay_on_one_origin(serve: Serve, make_client: MakeClient) -> None:
+    seen: list[str | None] = []
+    holder: dict[str, str] = {}
+
+    async def to_other_host(request: web.Request) -> web.Response:
+        raise web.HTTPFound(holder["base"].replace("127.0.0.1", "localhost") + "real.png")
+
+    async def same_host(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/real.png")
+
+    base = holder["base"] = await serve(
+        {
+            "/elsewhere.png": to_other_host,
+            "/moved.png": same_host,
+            "/real.png": image_handler(seen, PNG),
+        }
+    )
+    client = make_client(base)
+    data, _ = await client.get_image(f"{base}moved.png")
+    assert data == PNG and seen == [f"Token {TOKEN}"]
+    # Another host, even one that is allowed: refused before anything is asked of it.
+    with pytest.raises(WaldurProtocolError, match="redirects to another host"):
+        await client.get_image(f"{base}elsewhere.png", allowed_hosts=["localhost"])
+    assert len(seen) == 1

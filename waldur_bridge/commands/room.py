@@ -218,6 +218,6 @@ async def help_(evt: WaldurCommandEvent) -> None:
 async def unknown_command(evt: WaldurCommandEvent) -> None:
     if evt.portal is not None and rate_limited(evt):
         return
-    await evt.send(
-        fmt.unknown_command_reply(evt.command, evt.bridge.config["bridge.command_prefix"])
-    )
+    # In the management room (and a direct chat with the bot) commands take no prefix.
+    prefix = None if evt.is_management else evt.bridge.config["bridge.command_prefix"]
+    await evt.send(fmt.unknown_command_reply(evt.command, prefix))

@@ -33,7 +33,8 @@ from ..metrics import (
 )
 from ..portal import Portal
 from ..room_creation import AliasConflict
-from ..waldur import Event, WaldurError
+from ..waldur import Event, WaldurError, WaldurNotFound
+from ..waldur.hook_plan import plan_hooks, shown_origin
 from .accounts import AccountCheck
 from .changes import (
     CUSTOMER_EVENTS,
@@ -293,39 +294,57 @@ class SyncService:
         return {row["project_uuid"] for row in rows}
 
     async def register_webhook(self) -> None:
-        """Make sure Waldur has exactly one active web hook pointing at this bridge."""
+        """Make sure Waldur has exactly one active web hook of this bridge, at its current
+        address (see waldur.hook_plan: its own are marked by the path and the secret)."""
         base = self.config["waldur.webhook.public_url"] or self.config["appservice.address"]
         url = base.rstrip("/") + self.config.webhook_path
+        wanted = sorted(WEBHOOK_EVENTS)
         delay = 5.0
         while True:
             try:
-                hooks = await self.bridge.waldur.list_hooks()
-                ours = [h for h in hooks if h.destination_url == url and h.is_active]
-                wanted = sorted(WEBHOOK_EVENTS)
-                if ours and set(ours[0].event_types) == WEBHOOK_EVENTS:
-                    log.info("Waldur web hook already registered")
-                    return
-                if ours:
-                    # An older registration (by event group, or by an earlier version) posts
-                    # other types than the bridge reads: set it to the types it acts on.
-                    await self.bridge.waldur.update_hook(ours[0].uuid, wanted)
-                    log.info(
-                        "Set the bridge's Waldur web hook to the %d event types it acts on "
-                        "(it had %d)",
-                        len(wanted),
-                        len(ours[0].event_types),
-                    )
-                    return
-                await self.bridge.waldur.create_hook(url, wanted)
-                log.info(
-                    "Registered the bridge's web hook in Waldur (%d event types)", len(wanted)
-                )
+                await self._apply_hook_plan(url, wanted)
                 return
             except WaldurError as e:
                 level = logging.DEBUG if self.bridge.waldur_access.reported(e) else logging.WARNING
                 log.log(level, "Could not register the web hook in Waldur (%s); retrying", e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 600)
+
+    async def _apply_hook_plan(self, url: str, wanted: list[str]) -> None:
+        waldur = self.bridge.waldur
+        plan = plan_hooks(await waldur.list_hooks(), url, wanted)
+        for stale in plan.stale:
+            try:
+                await waldur.delete_hook(stale.uuid)
+            except WaldurNotFound:
+                pass  # gone already
+            log.info(
+                "Deleted a stale copy of the bridge's Waldur web hook (it posted to %s)",
+                shown_origin(stale.destination_url),
+            )
+        if plan.keep is not None:
+            log.info("Waldur web hook already registered")
+        elif plan.update is not None:
+            old = plan.update
+            await waldur.update_hook(old.uuid, wanted, destination_url=url, is_active=True)
+            changes = []
+            if old.destination_url != url:
+                changes.append(
+                    f"moved from {shown_origin(old.destination_url)} to {shown_origin(url)}"
+                )
+            if not old.is_active:
+                changes.append("activated")
+            if set(old.event_types) != set(wanted):
+                # An older registration (by event group, or by an earlier version) posted
+                # other types than the bridge reads.
+                changes.append(
+                    f"set to the {len(wanted)} event types it acts on "
+                    f"(it had {len(old.event_types)})"
+                )
+            log.info("Updated the bridge's Waldur web hook: %s", "; ".join(changes))
+        else:
+            await waldur.create_hook(url, wanted)
+            log.info("Registered the bridge's web hook in Waldur (%d event types)", len(wanted))
 
     # endregion
     # region sweeps

@@ -92,7 +92,9 @@ class SpaceSync:
             name="spaces",
             expected=EXPECTED_FAILURES,
         )
-        self.avatars = Avatars(bridge.waldur, bridge.az)
+        self.avatars = Avatars(
+            bridge.waldur, bridge.az, config["bridge.avatars.allowed_hosts"] or ()
+        )
         self.teams: dict[str, PortalTeam] = {}
         self.customers: dict[str, Customer] = {}
         self.spaces: dict[str, Space] = {}

@@ -15,7 +15,15 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -25,6 +33,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from . import images
 from .errors import (
     WaldurAuthError,
     WaldurError,
@@ -330,47 +339,44 @@ class WaldurClient:
 
     # --- images -------------------------------------------------------------------------------
 
-    async def get_image(self, url: str, max_bytes: int = 5 * 1024 * 1024) -> tuple[bytes, str]:
-        """The bytes and content type of an image Waldur links to (a project's or an
-        organization's ``image``).
+    async def get_image(
+        self,
+        url: str,
+        max_bytes: int = 5 * 1024 * 1024,
+        *,
+        allowed_hosts: Collection[str] = (),
+        timeout: float = images.IMAGE_TIMEOUT,
+    ) -> tuple[bytes, str]:
+        """The bytes and content type (by the bytes) of an image Waldur links to (a project's
+        or an organization's ``image``): see ``images`` for the guards.
 
-        The token goes along only when the image is on the configured Waldur host; images
-        elsewhere (a CDN, object storage) are fetched without it.
+        Images are fetched from the configured Waldur host (with the token, on its configured
+        origin) and from ``allowed_hosts`` (without it); a redirect only within one origin.
         """
         link = URL(url)
         if not link.is_absolute() or link.scheme not in ("http", "https"):
             raise WaldurProtocolError(f"image URL is not an absolute http(s) URL: {url!r}")
-        if link.raw_host == self._base.raw_host:
-            reply = await self._send("GET", self._rebase(link))
-            body, content_type = reply.body, reply.headers.get("Content-Type", "")
-        else:
-            body, content_type = await self._get_foreign(link)
-        if len(body) > max_bytes:
-            raise WaldurProtocolError(
-                f"image at {link.path} is {len(body)} bytes, over the {max_bytes} byte limit"
-            )
-        content_type = content_type.split(";", 1)[0].strip().lower()
-        if not content_type.startswith("image/"):
-            raise WaldurProtocolError(f"image at {link.path} has content type {content_type!r}")
-        return body, content_type
-
-    async def _get_foreign(self, link: URL) -> tuple[bytes, str]:
-        session = self._get_session()
-        try:
-            async with session.get(
-                link, timeout=self._timeout, headers={"User-Agent": self._headers["User-Agent"]}
-            ) as response:
-                if response.status != 200:
-                    raise WaldurRequestError(
-                        f"image at {link.host}{link.path}: HTTP {response.status}",
-                        path=link.path,
-                        status=response.status,
-                    )
-                return await response.read(), response.headers.get("Content-Type", "")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise WaldurUnavailable(
-                f"cannot fetch image from {link.host}: {_describe_exception(exc)}", path=link.path
-            ) from exc
+        fetch = images.ImageFetch(
+            self._get_session(),
+            {self._base.host or "", *allowed_hosts},
+            max_bytes,
+            timeout,
+        )
+        origin: URL | None = None
+        for _ in range(images.MAX_REDIRECTS + 1):
+            fetch.check_host(link, origin)
+            if origin is None and link.raw_host == self._base.raw_host:
+                link = self._rebase(link)
+            on_waldur = link.origin() == self._base.origin()
+            headers = self._headers if on_waldur else {"User-Agent": self._headers["User-Agent"]}
+            try:
+                return await fetch.get(link, headers)
+            except images.Redirect as redirect:
+                origin, link = link, redirect.target
+        raise WaldurProtocolError(
+            f"image at {link.host}{link.path}: more than {images.MAX_REDIRECTS} redirects",
+            path=link.path,
+        )
 
     # --- users, customers, projects -----------------------------------------------------------
 
@@ -571,13 +577,25 @@ class WaldurClient:
         reply = await self._send("POST", url, json_body=body)
         return self._parse_one(path, self._decode(reply, url), WebHook)
 
-    async def update_hook(self, uuid: str, event_types: Sequence[str]) -> WebHook:
-        """Set a web hook's event types exactly (its event groups are cleared)."""
+    async def update_hook(
+        self,
+        uuid: str,
+        event_types: Sequence[str],
+        *,
+        destination_url: str | None = None,
+        is_active: bool | None = None,
+    ) -> WebHook:
+        """Set a web hook's event types exactly (its event groups are cleared), and its URL
+        and whether it is active when given."""
         if not event_types:
             raise ValueError("a web hook needs at least one event type")
         path = f"/api/hooks-web/{normalize_uuid(uuid)}/"
         url = self._url(path)
-        body = {"event_types": list(event_types), "event_groups": []}
+        body: dict[str, Any] = {"event_types": list(event_types), "event_groups": []}
+        if destination_url is not None:
+            body["destination_url"] = destination_url
+        if is_active is not None:
+            body["is_active"] = is_active
         reply = await self._send("PATCH", url, json_body=body)
         return self._parse_one(path, self._decode(reply, url), WebHook)
 
