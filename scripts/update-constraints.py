@@ -31,16 +31,24 @@ HEADER = (
 
 
 def runtime_closure(package: str, extras: tuple[str, ...]) -> dict[str, str]:
-    """Installed name -> version of everything ``package[extras]`` needs here."""
+    """Installed name -> version of everything ``package[extras]`` needs here. What only an
+    extra brings and is not installed here (e2be on Python 3.13: python-olm has no wheel) is
+    left out: this environment is what was tested."""
     found: dict[str, str] = {}
-    pending: list[tuple[str, tuple[str, ...]]] = [(package, extras)]
+    # (name, its extras, whether it is needed only through one of the requested extras)
+    pending: list[tuple[str, tuple[str, ...], bool]] = [(package, extras, False)]
     seen: set[tuple[str, tuple[str, ...]]] = set()
     while pending:
-        name, wanted = pending.pop()
+        name, wanted, optional = pending.pop()
         if (name, wanted) in seen:
             continue
         seen.add((name, wanted))
-        dist = metadata.distribution(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            if optional:
+                continue
+            raise
         if canonicalize_name(name) != canonicalize_name(package):
             found[canonicalize_name(dist.metadata["Name"])] = dist.version
         for text in dist.requires or []:
@@ -50,7 +58,10 @@ def runtime_closure(package: str, extras: tuple[str, ...]) -> dict[str, str]:
                 requirement.marker.evaluate(env) for env in environments
             ):
                 continue
-            pending.append((requirement.name, tuple(sorted(requirement.extras))))
+            via_extra = requirement.marker is not None and "extra" in str(requirement.marker)
+            pending.append(
+                (requirement.name, tuple(sorted(requirement.extras)), optional or via_extra)
+            )
     return found
 
 
