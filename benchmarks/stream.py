@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import raw
+from benchmarks.burst import project_reads
 from benchmarks.harness import BridgeHandle, Homeserver, JoinWatcher, percentile, summarize_ms
 from waldur_bridge.sync.changes import WEBHOOK_EVENTS
 from waldur_simulator import WaldurSimulator
@@ -38,16 +39,6 @@ GOAL_P95_S = 1.5
 GOAL_LAST_S = 1.5
 GOAL_READS_PER_GRANT = 1.0
 TEAM = 5  # people in the room before the stream
-
-
-def project_reads(sim: WaldurSimulator, project: str, since: float) -> int:
-    return sum(
-        1
-        for r in sim.request_log
-        if r.at >= since
-        and r.method == "GET"
-        and r.path.endswith(f"/api/projects/{project}/list_users/")
-    )
 
 
 async def stream(

@@ -34,7 +34,6 @@ address is the TCP peer, or behind one of ``trusted_proxies`` the address in ``X
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
@@ -62,7 +61,13 @@ from ..waldur import (
     normalize_uuid,
 )
 from .devices import DeviceHygiene
-from .proxy import client_address, cors_middleware, parse_networks
+from .proxy import (
+    PrivateSession,
+    client_key,
+    cors_middleware,
+    parse_networks,
+    request_client,
+)
 
 if TYPE_CHECKING:
     from ..__main__ import WaldurBridge
@@ -258,21 +263,6 @@ def parse_authorization(header: str | None) -> str:
     return token
 
 
-def client_key(remote: str | None) -> str:
-    """The rate-limit key of a client address; an IPv6 /64 is one client."""
-    if not remote:
-        return "unknown"
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:
-        return remote
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
-    return str(address)
-
-
 def parse_device_name(body: bytes) -> str:
     """The device name from the optional JSON body."""
     if not body.strip():
@@ -391,7 +381,7 @@ class ProvisioningAPI:
         self.mode = config["bridge.user_mapping.mode"]
         self.mxid_template = config["bridge.user_mapping.template"]
         self.displayname_template = config["bridge.displayname_template"]
-        self._session: aiohttp.ClientSession | None = None
+        self._session = PrivateSession()
         origins = config["bridge.provisioning.cors_origins"] or ()
         # CORS outermost, so error answers carry its headers too (a browser shows them).
         self.app = web.Application(middlewares=[cors_middleware(origins), error_middleware])
@@ -401,21 +391,15 @@ class ProvisioningAPI:
         self.app.on_cleanup.append(self._close)
 
     async def _close(self, _app: web.Application) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        await self._session.close()
 
     def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # No cookie jar: one user's Waldur session cookie must never ride on another's call.
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        return self._session
+        return self._session.get()
 
     # region handlers
 
     def _client(self, request: web.Request) -> str:
-        forwarded = request.headers.getall("X-Forwarded-For", [])
-        return client_key(client_address(request.remote, forwarded, self.trusted_proxies))
+        return request_client(request, self.trusted_proxies)
 
     async def login(self, request: web.Request) -> web.Response:
         client = self._client(request)

@@ -1,4 +1,5 @@
-"""The provisioning API behind a reverse proxy and in browsers: who the client is, and CORS.
+"""The bridge's web doors (provisioning, sign-in) behind a reverse proxy and in browsers: who
+the client is, CORS, and the HTTP session for calls made on a person's behalf.
 
 ``X-Forwarded-For`` is believed only when the TCP peer is one of ``trusted_proxies``; anyone
 else could write any address there and escape the per-address failure limit. The header is
@@ -12,6 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -67,6 +69,45 @@ def client_address(peer: str | None, forwarded_for: Iterable[str], proxies: list
             return str(address)
         peer_address = address
     return str(peer_address) if peer_address is not None else (peer or "")
+
+
+def client_key(remote: str | None) -> str:
+    """The rate-limit key of a client address; an IPv6 /64 is one client."""
+    if not remote:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def request_client(request: web.Request, proxies: list[Network]) -> str:
+    """The rate-limit key of the client behind `request` (see the module doc)."""
+    forwarded = request.headers.getall("X-Forwarded-For", [])
+    return client_key(client_address(request.remote, forwarded, proxies))
+
+
+class PrivateSession:
+    """One HTTP session for Waldur calls made with people's own credentials. No cookie jar:
+    one person's Waldur session cookie must never ride on another's call."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
 
 
 def cors_middleware(origins: Iterable[str]) -> Any:

@@ -27,8 +27,8 @@ from mautrix.errors import MatrixConnectionError, MatrixRequestError
 
 from ...db import AuditEntry, Portal as DBPortal, Puppet as DBPuppet, User as DBUser
 from ..devices import DeviceHygiene
-from ..provisioning import WaldurUser, client_key
-from ..proxy import client_address, parse_networks
+from ..provisioning import WaldurUser
+from ..proxy import PrivateSession, parse_networks, request_client
 from . import credentials, pages
 from .credentials import Refused
 from .guards import CsrfTokens, FailureLimits
@@ -96,7 +96,7 @@ class SigninService:
             max_devices=max(max_devices - 1, 1) if max_devices else 0,
             max_idle_days=config["bridge.provisioning.device_max_idle_days"],
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._session = PrivateSession()
         self._warned_password_disabled = False
         self.app = web.Application()
         r = self.app.router
@@ -119,19 +119,13 @@ class SigninService:
         return self._ring.signing
 
     async def _close(self, _app: web.Application) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        await self._session.close()
 
     def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # No cookie jar: one person's Waldur session cookie must never ride on another's.
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        return self._session
+        return self._session.get()
 
     def _address(self, request: web.Request) -> str:
-        forwarded = request.headers.getall("X-Forwarded-For", [])
-        return client_key(client_address(request.remote, forwarded, self.trusted_proxies))
+        return request_client(request, self.trusted_proxies)
 
     # region discovery, keys, token, userinfo
 
