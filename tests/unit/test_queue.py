@@ -498,8 +498,10 @@ async def test_repeats_of_a_hint_settle_and_news_still_leads() -> None:
         runs.append(reasons)
         await gate.wait()
 
-    settle = 0.3
-    queue = CoalescingQueue(worker, concurrency=2, settle=settle, max_wait=5, lead=True)
+    # A window no machine outlasts: a repeat that led would run at once, one that settles
+    # waits for an hour, whatever the machine's speed.
+    settle = 3600.0
+    queue = CoalescingQueue(worker, concurrency=2, settle=settle, max_wait=settle, lead=True)
     queue.start()
     try:
         queue.request("p1", "hook-0", hint=True, signature="granted:bob")

@@ -135,7 +135,6 @@ def _direct_chat_only(evt: WaldurCommandEvent) -> None:
 
 async def _own_rooms(evt: WaldurCommandEvent) -> tuple[str, list[str], list[RoomOfPerson]]:
     """The sender's Matrix ID, candidate projects and the rooms their roles give them."""
-    _direct_chat_only(evt)
     user_uuid, mxid = await _who(evt)
     projects = await candidate_projects(evt, user_uuid, mxid)
     try:
@@ -152,6 +151,7 @@ async def _own_rooms(evt: WaldurCommandEvent) -> tuple[str, list[str], list[Room
     help_text="(`!rooms` in a direct chat) the project rooms your Waldur roles give you.",
 )
 async def my_rooms(evt: WaldurCommandEvent) -> None:
+    _direct_chat_only(evt)
     mxid, projects, rooms = await _own_rooms(evt)
     if not rooms:
         await evt.reply(
