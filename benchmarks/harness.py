@@ -129,6 +129,8 @@ class JoinWatcher:
     def __init__(self) -> None:
         self._waiting: dict[tuple[str, str], asyncio.Future[float]] = {}
         self.seen = 0
+        # Every join seen while recording (room ID, user ID) -> when: a phase's timeline.
+        self.recording: dict[tuple[str, str], float] | None = None
 
     def attach(self, bridge: Any) -> None:
         bridge.az.matrix_event_handler(self.on_event)
@@ -145,6 +147,8 @@ class JoinWatcher:
             return
         now = time.perf_counter()
         self.seen += 1
+        if self.recording is not None:
+            self.recording.setdefault((str(evt.room_id), str(evt.state_key)), now)
         future = self._waiting.pop((str(evt.room_id), str(evt.state_key)), None)
         if future is not None and not future.done():
             future.set_result(now)

@@ -102,6 +102,36 @@ def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return {k: after[k] - before[k] for k in before}
 
 
+async def _timeline(
+    handle: BridgeHandle,
+    teams: list[Team],
+    joins: dict[tuple[str, str], float],
+    started: float,
+) -> dict[str, Any]:
+    """When the last person was in their project room, and when the last one was in their
+    organization's space (seconds from the start of the sync; joins as Synapse pushed them)."""
+    rooms = {await handle.portal_room(team.project) for team in teams}
+    spaces = {
+        space.room_id
+        for space in handle.bridge.sync.spaces.spaces.values()
+        if space.room_id and not space.is_closed
+    }
+    room_joins = [t for (room, _), t in joins.items() if room in rooms]
+    space_joins = [t for (room, _), t in joins.items() if room in spaces]
+    result: dict[str, Any] = {
+        "rooms_complete_seconds": round(max(room_joins) - started, 3) if room_joins else None,
+        "room_joins_seen": len(room_joins),
+    }
+    if spaces:
+        result["spaces_complete_seconds"] = (
+            round(max(space_joins) - started, 3) if space_joins else None
+        )
+        result["space_joins_seen"] = len(space_joins)
+        if space_joins:
+            result["first_space_join_seconds"] = round(min(space_joins) - started, 3)
+    return result
+
+
 async def _room_members_ok(ctx: Context, handle: BridgeHandle, teams: list[Team]) -> bool:
     for team in teams:
         room_id = await handle.portal_room(team.project)
@@ -141,6 +171,7 @@ async def initial_sync_and_latency(
 
         c0, h0 = _counts(handle), ctx.counter.snapshot()
         meter = await ctx.hs.cpu()
+        ctx.watcher.recording = {}
         with ctx.profiler("initial-sync") as profiler:
             started = time.perf_counter()
             await bridge.sync.sweep()
@@ -148,6 +179,8 @@ async def initial_sync_and_latency(
             await handle.settle(timeout=3600)
             sync_s = time.perf_counter() - started
         usage = meter.stop()
+        timeline = await _timeline(handle, teams, ctx.watcher.recording, started)
+        ctx.watcher.recording = None
         synapse_split = await meter.breakdown()
         counts = _delta(c0, _counts(handle))
         hs_delta = ctx.counter.delta(h0, ctx.counter.snapshot())
@@ -197,7 +230,13 @@ async def initial_sync_and_latency(
             },
             "ratio_to_raw_pairs": round(pairs / sync_s / raw_rate, 3),
             "ratio_to_raw_same_work": round(raw_full_s / sync_s, 3),
+            **timeline,
         }
+        if timeline.get("rooms_complete_seconds"):
+            # People are in their rooms: the pairs over the time until the last room join.
+            result["initial_sync"]["rooms_ratio_to_raw_pairs"] = round(
+                pairs / timeline["rooms_complete_seconds"] / raw_rate, 3
+            )
         if profiler.top() is not None:
             result["initial_sync"]["profile_top_tottime"] = profiler.top()
 

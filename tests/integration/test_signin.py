@@ -180,7 +180,7 @@ async def test_password_sign_in_lands_in_the_puppet_with_its_rooms(
     assert (await hs_get(http, bridge_env, "/account/whoami", token))["user_id"] == puppet
     joined = (await hs_get(http, bridge_env, "/joined_rooms", token))["joined_rooms"]
     assert room in joined
-    # The project room and the organization's space, nothing else.
+    # The project room and the organization's space (the sign-in joins it), nothing else.
     assert len(joined) == 2, joined
     profile = await hs_get(http, bridge_env, f"/profile/{quote(puppet)}", token)
     assert profile["displayname"] == "Alice Archer"

@@ -263,11 +263,70 @@ async def test_first_sync_reads_back_nothing_it_created(bridge_env: BridgeEnv) -
         assert (await bridge_env.state(space, "m.space.child", room))["via"], room
         assert (await bridge_env.state(room, "m.space.parent", space))["via"], room
     memberships = 0
-    for room in (*rooms, *spaces):
+    for room in rooms:
         memberships += len(await bridge_env.in_room(room) - {bridge_env.bot})
     assert sent("POST", "/join") == memberships, counts
+    for space in spaces:
+        # Puppets wait in their space as invited until their person comes in (join_puppets).
+        members = await bridge_env.members(space)
+        assert {m for u, m in members.items() if u != bridge_env.bot} == {"invite"}, members
     # What the rooms were created with is what a later sweep wants: nothing to write.
     assert await steady_sweep_writes(bridge_env) == {}
+
+
+async def provisioning_login(env: BridgeEnv, user_uuid: str) -> dict[str, Any]:
+    """A front end logs the person in as their puppet (the provisioning API)."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{env.hs.as_port}/_matrix/provision/v1/login"
+    headers = {"Authorization": f"Token {env.sim.token_for(user_uuid)}"}
+    async with aiohttp.ClientSession() as session, session.post(url, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+@both_generations
+async def test_puppets_join_their_space_when_their_person_comes_in(bridge_env: BridgeEnv) -> None:
+    """By default (join_puppets: false) puppets are invited to their organization's space and
+    joined when their person logs in through the bridge, into the spaces they were invited to
+    only; with join_puppets: true the first sync joins them. Either way the rooms are the same."""
+    ids = orgs(bridge_env.sim)
+    await bridge_env.start()
+    await bridge_env.sweep()
+    p = bridge_env.puppet
+    acme = await space_room(bridge_env, ids["acme"])
+    borealis = await space_room(bridge_env, ids["borealis"])
+    members = await bridge_env.members(acme)
+    assert {u: m for u, m in members.items() if u != bridge_env.bot} == {
+        p("alice"): "invite",
+        p("bob"): "invite",
+        p("carol"): "invite",
+        p("dave"): "invite",
+    }
+    apollo = await bridge_env.portal_room(ids["apollo"])
+    assert (await bridge_env.members(apollo))[p("bob")] == "join"
+
+    await provisioning_login(bridge_env, ids["bob"])
+    assert (await bridge_env.members(acme))[p("bob")] == "join"
+    assert p("bob") not in await bridge_env.members(borealis)
+    assert (await bridge_env.members(acme))[p("alice")] == "invite"
+    audit = await AuditEntry.recent(space_key(ids["acme"]))
+    joins = [e for e in audit if e.action == "join" and e.target == p("bob")]
+    assert len(joins) == 1 and "logged in" in joins[0].cause, audit
+    # A second login and a sweep change nothing: bob stays joined, the others invited.
+    await provisioning_login(bridge_env, ids["bob"])
+    assert await steady_sweep_writes(bridge_env) == {}
+    assert (await bridge_env.members(acme))[p("bob")] == "join"
+
+    # An operator who wants every puppet in its space at once.
+    await bridge_env.stop()
+    await bridge_env.start(**{"bridge.spaces.join_puppets": True})
+    await bridge_env.sweep()
+    members = await bridge_env.members(acme)
+    assert {u: m for u, m in members.items() if u != bridge_env.bot} == {
+        p(name): "join" for name in ("alice", "bob", "carol", "dave")
+    }
+    assert (await bridge_env.members(borealis))[p("erin")] == "join"
 
 
 @both_generations

@@ -55,6 +55,7 @@ def load_desired(data: dict[str, Any]) -> DesiredRoom:
         name=data.get("name"),
         topic=data.get("topic"),
         inactive_reason=data.get("inactive_reason"),
+        join_puppets=data.get("join_puppets", True),
     )
 
 

@@ -103,6 +103,15 @@ class PortalMember(Table):
         return {row["project_uuid"] for row in await cls.db.fetch(q, mxid)}
 
     @classmethod
+    async def brought_in(cls, mxid: str) -> set[str]:
+        """The keys of the rooms the bridge brought `mxid` into and that they did not leave."""
+        q = (
+            f"SELECT project_uuid FROM {cls._table} "
+            "WHERE mxid=$1 AND added_by='bridge' AND NOT left_voluntarily"
+        )
+        return {row["project_uuid"] for row in await cls.db.fetch(q, mxid)}
+
+    @classmethod
     async def declined_counts(cls) -> dict[str, int]:
         """Project -> how many people declined its room."""
         q = (

@@ -290,6 +290,25 @@ class PlanExecutor:
                 role_signature=role_signatures.get(user_id, ""),
             ).save()
 
+    async def join_now(self, portal: Portal, puppet: Puppet, cause: str) -> bool:
+        """Join a puppet that is invited to `portal` (a space it was left invited to), as a
+        membership change of its own: audited, counted and told at INFO."""
+        room_id = RoomID(portal.room_id or "")
+        async with self.semaphore:
+            try:
+                await puppet.intent.join_room_by_id(room_id)
+            except MatrixRequestError as e:
+                log.warning("join %s in %s failed: %s", puppet.mxid, _room_label(portal), e)
+                MEMBERSHIP_ACTIONS.labels(action="join", outcome="failed").inc()
+                await self._audit(portal, "join", puppet.mxid, cause, "failed", str(e))
+                return False
+            finally:
+                self.writes += 1
+        MEMBERSHIP_ACTIONS.labels(action="join", outcome="done").inc()
+        _log_change("join", puppet.mxid, cause, portal)
+        await self._audit(portal, "join", puppet.mxid, cause, "done")
+        return True
+
     @classmethod
     async def record_decline(cls, portal: Portal, user_id: str, how: str) -> None:
         """A person said no to a room (left it, or rejected the invite): audited and told at

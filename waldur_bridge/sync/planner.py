@@ -69,6 +69,9 @@ class DesiredRoom:
     topic: str | None = None
     # Audit cause for removals of an inactive room, e.g. "project deleted".
     inactive_reason: str | None = None
+    # False: puppets are invited and not joined by the bridge (spaces: a puppet joins when its
+    # person signs in, which spares the homeserver a join per person nobody looks at).
+    join_puppets: bool = True
 
     def __post_init__(self) -> None:
         for key, member in self.members.items():
@@ -322,7 +325,7 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
             seated.add(user_id)
         elif membership == "invite":
             seated.add(user_id)
-            if member.join_as_puppet:
+            if member.join_as_puppet and desired.join_puppets:
                 additions.append(Join(user_id, f"puppet accepts pending invite ({roles})"))
         elif membership == "ban":
             notes.append(f"{user_id}: banned by a room moderator; not re-invited")
@@ -343,7 +346,7 @@ def plan(desired: DesiredRoom, current: CurrentRoom, ctx: PlanContext) -> Plan:
                     continue
             seated.add(user_id)
             additions.append(Invite(user_id, cause))
-            if member.join_as_puppet:
+            if member.join_as_puppet and desired.join_puppets:
                 additions.append(Join(user_id, f"puppet joins after invite ({roles})"))
 
     # --- removals (rules c, d, e) ---

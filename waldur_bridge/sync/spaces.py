@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mautrix.errors import MatrixRequestError
-from mautrix.types import EventType, RoomCreatePreset, RoomID
+from mautrix.types import EventType, Membership, RoomCreatePreset, RoomID, UserID
 
 from .. import room_meta
 from ..avatars import Avatars
@@ -83,6 +83,7 @@ class SpaceSync:
         self.service = service
         config = bridge.config
         self.enabled = bool(config["bridge.spaces.enabled"])
+        self.join_puppets = bool(config["bridge.spaces.join_puppets"])
         self.server_name = str(config["homeserver.domain"])
         self.federate = bool(config["bridge.portals.federate"])
         self.queue = CoalescingQueue(
@@ -644,6 +645,7 @@ class SpaceSync:
                 members=room.members,
                 name=customer.name if customer else None,
                 topic=(customer.description or "") if customer else None,
+                join_puppets=self.join_puppets,
             )
         else:
             room = DesiredRoom(
@@ -731,6 +733,27 @@ class SpaceSync:
             self.request(space.customer_uuid, "member-kicked")
         elif outcome == "declined":
             await self.service.executor.record_decline(space, user_id, how)  # type: ignore[arg-type]
+
+    async def join_invited(self, puppet: Puppet, how: str) -> list[str]:
+        """A person came in as their puppet (`how`: "signed in", ...): it joins the spaces the
+        bridge invited it to and did not join (bridge.spaces.join_puppets: false). Returns the
+        space rooms joined; a failure is logged and stops nothing."""
+        if not self.enabled:
+            return []
+        keys = await SpaceMember.brought_in(puppet.mxid)
+        store = self.bridge.az.state_store
+        joined: list[str] = []
+        for space in list(self.spaces.values()):
+            if space.is_closed or space.project_uuid not in keys:
+                continue
+            room_id = RoomID(space.room_id)
+            membership = await store.get_membership(room_id, UserID(puppet.mxid))
+            if membership != Membership.INVITE:
+                continue
+            cause = f"its person {how}; puppets join spaces then (join_puppets: false)"
+            if await self.service.executor.join_now(space, puppet, cause):  # type: ignore[arg-type]
+                joined.append(space.room_id)
+        return joined
 
     async def on_member_invited(self, space: Space, user_id: str, inviter: str) -> None:
         if inviter != self.bridge.az.bot_mxid:

@@ -444,6 +444,7 @@ class ProvisioningAPI:
             session["device_id"],
         )
         await self.devices.prune(puppet.mxid, keep=session["device_id"])
+        await self.bridge.sync.spaces.join_invited(puppet, "logged in")
         return web.json_response({"homeserver": self.homeserver, **session})
 
     async def logout(self, request: web.Request) -> web.Response:

@@ -445,6 +445,8 @@ class SigninService:
                 "Your account could not be prepared; try again in a minute.",
             ) from None
         await self.devices.prune(puppet.mxid, keep="")
+        # Their organizations' spaces are there when they land (the bridge left them invited).
+        await self.bridge.sync.spaces.join_invited(puppet, "signed in")
         return SignedInUser(
             uuid=me.uuid,
             username=me.username,
