@@ -70,6 +70,10 @@ bench: venv synapse
 		$(VENV_BIN)/python benchmarks/run.py
 	WALDUR_BRIDGE_SYNAPSE_PYTHON='$(CURDIR)/$(SYNAPSE_VENV)/bin/python' \
 		$(VENV_BIN)/python benchmarks/command_latency.py
+	WALDUR_BRIDGE_SYNAPSE_PYTHON='$(CURDIR)/$(SYNAPSE_VENV)/bin/python' \
+		$(VENV_BIN)/python benchmarks/burst.py
+	WALDUR_BRIDGE_SYNAPSE_PYTHON='$(CURDIR)/$(SYNAPSE_VENV)/bin/python' \
+		$(VENV_BIN)/python benchmarks/stream.py --heavy-grants 300 --heavy-rate 10
 
 clean:
 	rm -rf $(VENV) .venv-3.* $(SYNAPSE_VENV) .pytest_cache .ruff_cache demo build dist *.egg-info

@@ -129,8 +129,9 @@ class JoinWatcher:
     def __init__(self) -> None:
         self._waiting: dict[tuple[str, str], asyncio.Future[float]] = {}
         self.seen = 0
-        # Every join seen while recording (room ID, user ID) -> when: a phase's timeline.
-        self.recording: dict[tuple[str, str], float] | None = None
+        # Every join and invite seen while recording, (room ID, user ID, membership) -> when:
+        # a phase's timeline.
+        self.recording: dict[tuple[str, str, str], float] | None = None
 
     def attach(self, bridge: Any) -> None:
         bridge.az.matrix_event_handler(self.on_event)
@@ -143,12 +144,14 @@ class JoinWatcher:
     async def on_event(self, evt: Any) -> None:
         if evt.type != EventType.ROOM_MEMBER:
             return
-        if evt.content.membership != Membership.JOIN:
-            return
         now = time.perf_counter()
+        membership = evt.content.membership
+        if self.recording is not None and membership in (Membership.JOIN, Membership.INVITE):
+            key = (str(evt.room_id), str(evt.state_key), str(membership))
+            self.recording.setdefault(key, now)
+        if membership != Membership.JOIN:
+            return
         self.seen += 1
-        if self.recording is not None:
-            self.recording.setdefault((str(evt.room_id), str(evt.state_key)), now)
         future = self._waiting.pop((str(evt.room_id), str(evt.state_key)), None)
         if future is not None and not future.done():
             future.set_result(now)

@@ -321,6 +321,69 @@ async def operation_costs(
     return results
 
 
+async def space_join_costs(
+    client: RawClient,
+    cpu: Callable[[], Awaitable[CpuMeter]],
+    tag: str,
+    space_members: int,
+    room_size: int = 10,
+    concurrency: int = 8,
+) -> dict[str, Any]:
+    """What a join into an organization's space costs Synapse against a join into a project
+    room, as the bridge would send them: ghosts named and invited in the initial state, each
+    first joined to a room of `room_size`, then all of them to a space of `space_members`, one
+    join at a time and, into a second space, 4 in flight."""
+    ghosts = [client.mxid(f"waldur_sj{tag}_{i:04d}") for i in range(space_members)]
+    await bounded(concurrency, [lambda g=g: client.register(g[1:].split(":")[0]) for g in ghosts])
+    await bounded(
+        concurrency, [lambda g=g: client.set_displayname(g, _ghost_name(g)) for g in ghosts]
+    )
+
+    async def create(name: str, team: list[str], space: bool) -> str:
+        body: dict[str, Any] = {
+            "preset": "private_chat",
+            "name": name,
+            "initial_state": _state_invites(team),
+        }
+        if space:
+            body["creation_content"] = {"type": "m.space"}
+        return str((await client.call("POST", "/createRoom", body))["room_id"])
+
+    async def joins(pairs: list[tuple[str, str]], in_flight: int) -> dict[str, Any]:
+        meter = await cpu()
+        await bounded(in_flight, [lambda p=p: client.join(*p) for p in pairs])
+        usage = meter.stop()
+        split = await meter.breakdown()
+        return {
+            "joins": len(pairs),
+            "in_flight": in_flight,
+            "synapse_cpu_ms_per_join": round(1000 * usage["synapse_cpu_s"] / len(pairs), 1),
+            "wall_ms_per_join": round(1000 * usage["wall_s"] / len(pairs), 1),
+            "synapse_top": {
+                k: v["cpu_s"] for k, v in list((split or {"top": {}})["top"].items())[:6]
+            },
+        }
+
+    teams = [ghosts[i : i + room_size] for i in range(0, len(ghosts), room_size)]
+    rooms = [await create(f"sj {tag} room {r}", team, False) for r, team in enumerate(teams)]
+    room = await joins([(rooms[r], g) for r, team in enumerate(teams) for g in team], 1)
+    spaces = [await create(f"sj {tag} space {k}", ghosts, True) for k in (1, 4)]
+    one = await joins([(spaces[0], g) for g in ghosts], 1)
+    four = await joins([(spaces[1], g) for g in ghosts], 4)
+    return {
+        "definition": (
+            f"Synapse CPU per join: into rooms of {room_size}, then the same {space_members} "
+            "ghosts into a space of all of them (one at a time, and 4 in flight into another)"
+        ),
+        "room_join": room,
+        "space_join": one,
+        "space_join_4_in_flight": four,
+        "space_to_room_cpu_ratio": round(
+            one["synapse_cpu_ms_per_join"] / max(room["synapse_cpu_ms_per_join"], 0.1), 2
+        ),
+    }
+
+
 async def room_patterns(
     client: RawClient,
     cpu: Callable[[], Awaitable[CpuMeter]],

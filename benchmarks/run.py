@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -45,6 +46,10 @@ log = logging.getLogger("bench")
 # The goals of issue 10 (site scale).
 SAME_WORK_RATIO_GOAL = 0.9  # initial sync against the bare loop doing the same homeserver work
 RAW_RATIO_GOAL = 0.75  # initial sync against the bare invite+join loop
+# Issue 20, spaces on: people in their project rooms at this share of the bare loop's rate,
+# and the whole first sync (spaces included) at this one.
+ROOMS_RATIO_GOAL = 0.9
+WHOLE_WITH_SPACES_RATIO_GOAL = 0.6
 SWEEP_SECONDS_GOAL = 30.0  # 10,000 projects / 100,000 grants, 1,000 portals
 # The same sweep against the simulator's serving time of its requests (the sum of their
 # durations in the simulator), the median over the sweeps: it holds on a slower or busier
@@ -171,6 +176,31 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per goal of issue 10 (and the web hook latency goal before it)."""
     goals = []
     initial = results.get("initial_sync")
+    spaces = (results.get("settings") or {}).get("spaces", False)
+    if initial and spaces:
+        rooms = initial.get("rooms_ratio_to_raw_pairs")
+        goals.append(
+            goal(
+                "rooms complete vs bare invite+join loop (spaces on)",
+                f">= {ROOMS_RATIO_GOAL}",
+                rooms,
+                rooms is not None and rooms >= ROOMS_RATIO_GOAL,
+                f"last project room join at {initial.get('rooms_complete_seconds')} s",
+            )
+        )
+        whole = initial["ratio_to_raw_pairs"]
+        goals.append(
+            goal(
+                "whole first sync, spaces included, vs bare loop",
+                f">= {WHOLE_WITH_SPACES_RATIO_GOAL}",
+                whole,
+                whole >= WHOLE_WITH_SPACES_RATIO_GOAL,
+                f"spaces complete at {initial.get('spaces_complete_seconds')} s, "
+                f"{initial.get('space_joins_seen', 0)} space joins",
+            )
+        )
+    if spaces:
+        initial = results.get("initial_sync_spaces_off")
     if initial:
         same_work = initial["ratio_to_raw_same_work"]
         goals.append(
@@ -404,6 +434,23 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     events_interval=args.events_interval,
                     cost_samples=5 if args.quick else 20,
                 )
+            )
+            if ctx.spaces:
+                # The goals set with spaces off are judged in the same run (issue 20).
+                off = dataclasses.replace(ctx, spaces=False)
+                results["initial_sync_spaces_off"] = (
+                    await initial_sync_and_latency(
+                        off,
+                        projects=args.projects,
+                        members=args.members,
+                        samples=0,
+                        event_samples=0,
+                        events_interval=args.events_interval,
+                        sync_only=True,
+                    )
+                )["initial_sync"]
+            results["space_join_cost"] = await raw.space_join_costs(
+                client, hs.cpu, "sj", space_members=args.projects * args.members
             )
         results["memory_end"] = memory("end of run")
     except Exception as e:

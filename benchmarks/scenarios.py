@@ -105,30 +105,40 @@ def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 async def _timeline(
     handle: BridgeHandle,
     teams: list[Team],
-    joins: dict[tuple[str, str], float],
+    seen: dict[tuple[str, str, str], float],
     started: float,
 ) -> dict[str, Any]:
     """When the last person was in their project room, and when the last one was in their
-    organization's space (seconds from the start of the sync; joins as Synapse pushed them)."""
+    organization's space, joined or (bridge.spaces.join_puppets: false) invited: seconds from
+    the start of the sync, membership events as Synapse pushed them."""
     rooms = {await handle.portal_room(team.project) for team in teams}
     spaces = {
         space.room_id
         for space in handle.bridge.sync.spaces.spaces.values()
         if space.room_id and not space.is_closed
     }
-    room_joins = [t for (room, _), t in joins.items() if room in rooms]
-    space_joins = [t for (room, _), t in joins.items() if room in spaces]
+    room_joins = [t for (room, _, m), t in seen.items() if room in rooms and m == "join"]
     result: dict[str, Any] = {
         "rooms_complete_seconds": round(max(room_joins) - started, 3) if room_joins else None,
         "room_joins_seen": len(room_joins),
     }
     if spaces:
-        result["spaces_complete_seconds"] = (
-            round(max(space_joins) - started, 3) if space_joins else None
+        # A person is in the space from their last membership event there (invite or join).
+        bot = str(handle.bridge.az.bot_mxid)
+        last: dict[tuple[str, str], float] = {}
+        for (room, user, _), t in seen.items():
+            if room in spaces and user != bot:
+                last[(room, user)] = max(t, last.get((room, user), t))
+        joins = sum(
+            1 for (room, user, m) in seen if room in spaces and m == "join" and user != bot
         )
-        result["space_joins_seen"] = len(space_joins)
-        if space_joins:
-            result["first_space_join_seconds"] = round(min(space_joins) - started, 3)
+        result["spaces_complete_seconds"] = (
+            round(max(last.values()) - started, 3) if last else None
+        )
+        result["space_members_seen"] = len(last)
+        result["space_joins_seen"] = joins
+        if last:
+            result["first_space_member_seconds"] = round(min(last.values()) - started, 3)
     return result
 
 
@@ -154,10 +164,15 @@ async def initial_sync_and_latency(
     event_samples: int,
     events_interval: float,
     cost_samples: int = 20,
+    sync_only: bool = False,
 ) -> dict[str, Any]:
     sim = WaldurSimulator()
     await sim.start()
-    handle = BridgeHandle(ctx.hs, sim, ctx.workdir / "bridge-initial", ctx.watcher, ctx.overrides)
+    # A second run in the same Synapse (the other spaces setting) uses new names throughout.
+    run = "" if ctx.spaces else "n"
+    handle = BridgeHandle(
+        ctx.hs, sim, ctx.workdir / f"bridge-initial{run}", ctx.watcher, ctx.overrides
+    )
     result: dict[str, Any] = {}
     try:
         await handle.start()
@@ -165,9 +180,9 @@ async def initial_sync_and_latency(
         bridge = handle.bridge
 
         raw_before = await raw.throughput(
-            ctx.client, "a", projects, members, ctx.concurrency, ctx.hs.cpu
+            ctx.client, "a" + run, projects, members, ctx.concurrency, ctx.hs.cpu
         )
-        teams = build_teams(sim, projects, members, "isync")
+        teams = build_teams(sim, projects, members, "isync" + run)
 
         c0, h0 = _counts(handle), ctx.counter.snapshot()
         meter = await ctx.hs.cpu()
@@ -187,10 +202,10 @@ async def initial_sync_and_latency(
         complete = await _room_members_ok(ctx, handle, teams)
 
         raw_after = await raw.throughput(
-            ctx.client, "b", projects, members, ctx.concurrency, ctx.hs.cpu
+            ctx.client, "b" + run, projects, members, ctx.concurrency, ctx.hs.cpu
         )
         raw_room_major = await raw.throughput(
-            ctx.client, "c", projects, members, ctx.concurrency, ctx.hs.cpu, room_major=True
+            ctx.client, "c" + run, projects, members, ctx.concurrency, ctx.hs.cpu, room_major=True
         )
         pairs = projects * members
         raw_rate = (raw_before["pairs_per_s"] + raw_after["pairs_per_s"]) / 2
@@ -245,6 +260,9 @@ async def initial_sync_and_latency(
             "bridge": round(1000 * usage["synapse_cpu_s"] / pairs, 1),
             "raw_pairs_only": round(1000 * raw_cpu / (2 * pairs), 1),
         }
+        if sync_only:
+            # A comparison run (the other spaces setting): the sync and its yardstick only.
+            return result
         result["synapse_cost_per_operation"] = await raw.operation_costs(
             ctx.client, ctx.hs.cpu, "k", cost_samples
         )

@@ -49,6 +49,7 @@ async def stream(
     rate: float,
     watcher: JoinWatcher,
     raw_samples: int = 0,
+    per_room: int | None = None,
 ) -> dict[str, Any]:
     sim = WaldurSimulator()
     await sim.start()
@@ -62,6 +63,9 @@ async def stream(
                 sim.grant(user, project, "PROJECT.ADMIN" if m == 0 else "PROJECT.MEMBER")
             students = [sim.add_user(f"{tag}s{i}", f"Student {i}") for i in range(grants)]
         bridge = await handle.start()
+        if per_room is not None:
+            bridge.sync.executor.per_room = per_room
+        per_room = bridge.sync.executor.per_room
         await bridge.sync.sweep()
         await handle.settle()
         sim.add_hook(handle.webhook_url, event_types=sorted(WEBHOOK_EVENTS))
@@ -106,6 +110,8 @@ async def stream(
             "everyone_in_after_last_grant_s": round(max(done) - last_grant, 3),
             "project_reads": reads,
             "reads_per_grant": round(reads / grants, 3),
+            "joins_in_flight_per_room": per_room,
+            "synapse_cpu_ms_per_join": round(1000 * cpu["synapse_cpu_s"] / grants, 1),
             "cpu": cpu,
             "synapse_cpu_split": split,
             "raw_invite_join": yardstick,
@@ -130,6 +136,21 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 results["heavy_stream"] = await stream(
                     hs, work, "b", args.heavy_grants, args.heavy_rate, watcher
                 )
+            for k in args.per_room:
+                # The same streams with k people brought into the room at once (issue 20).
+                results[f"stream_per_room_{k}"] = await stream(
+                    hs, work, f"c{k}", args.grants, args.rate, watcher, per_room=k
+                )
+                if args.heavy_grants:
+                    results[f"heavy_stream_per_room_{k}"] = await stream(
+                        hs,
+                        work,
+                        f"d{k}",
+                        args.heavy_grants,
+                        args.heavy_rate,
+                        watcher,
+                        per_room=k,
+                    )
             return results
         finally:
             await hs.stop()
@@ -154,6 +175,12 @@ def main() -> int:
     parser.add_argument("--heavy-grants", type=int, default=0, help="e.g. 300 (10/s for 30 s)")
     parser.add_argument("--heavy-rate", type=float, default=10.0)
     parser.add_argument("--raw-samples", type=int, default=20)
+    parser.add_argument(
+        "--per-room",
+        type=lambda text: [int(k) for k in text.split(",") if k],
+        default=[],
+        help="also run the streams with these joins in flight per room, e.g. 1,2,4",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
