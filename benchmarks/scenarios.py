@@ -43,6 +43,8 @@ class Context:
     concurrency: int
     profile_dir: Path | None = None
     spaces: bool = True
+    # Names a run's users, ghosts and bridge directory apart from other runs on the same Synapse.
+    tag: str = ""
 
     def profiler(self, name: str) -> Profiler:
         return Profiler(self.profile_dir / f"{name}.prof" if self.profile_dir else None)
@@ -169,7 +171,7 @@ async def initial_sync_and_latency(
     sim = WaldurSimulator()
     await sim.start()
     # A second run in the same Synapse (the other spaces setting) uses new names throughout.
-    run = "" if ctx.spaces else "n"
+    run = ctx.tag or ("" if ctx.spaces else "n")
     handle = BridgeHandle(
         ctx.hs, sim, ctx.workdir / f"bridge-initial{run}", ctx.watcher, ctx.overrides
     )

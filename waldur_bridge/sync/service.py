@@ -592,7 +592,7 @@ class SyncService:
             desired, bot, self.config["homeserver.domain"], missing
         )
         try:
-            async with self.executor.semaphore:
+            async with self.executor.slots:
                 created = await portal.create_room(
                     project.name,
                     self.reconciler.topic_for(project),

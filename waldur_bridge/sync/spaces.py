@@ -450,9 +450,10 @@ class SpaceSync:
             groupname=f"org_{customer_uuid}"
         )
         adopted = False
-        writes = self.service.executor.semaphore  # the bridge-wide homeserver write limit
+        # The bridge-wide homeserver write limit, after the rooms' writes waiting for it.
+        writes = self.service.executor.slots
         try:
-            async with writes:
+            async with writes.later():
                 room_id, in_state = await send_create(intent, creation, invited, alias)
         except MatrixRequestError as e:
             if e.errcode not in ("M_ROOM_IN_USE", "M_EXCLUSIVE", "M_INVALID_PARAM"):
@@ -463,7 +464,7 @@ class SpaceSync:
                 room_id, adopted = adopted_id, True
             else:
                 log.warning("Space alias %s unavailable (%s), creating without", alias, e)
-                async with writes:
+                async with writes.later():
                     room_id, in_state = await send_create(intent, creation, invited)
         if not in_state:
             invited = {}  # the reconcile that follows invites them
@@ -672,6 +673,7 @@ class SpaceSync:
             role_signatures=merged.signatures,
             user_uuids=merged.user_uuids,
             verify_joins=cached,
+            later=True,
         )
         await self._report_holds(space, plan.held)
         if active and room.complete:
@@ -747,12 +749,16 @@ class SpaceSync:
             if space.is_closed or space.project_uuid not in keys:
                 continue
             room_id = RoomID(space.room_id)
-            membership = await store.get_membership(room_id, UserID(puppet.mxid))
-            if membership != Membership.INVITE:
-                continue
             cause = f"its person {how}; puppets join spaces then (join_puppets: false)"
-            if await self.service.executor.join_now(space, puppet, cause):  # type: ignore[arg-type]
-                joined.append(space.room_id)
+            try:
+                membership = await store.get_membership(room_id, UserID(puppet.mxid))
+                if membership != Membership.INVITE:
+                    continue
+                if await self.service.executor.join_now(space, puppet, cause):  # type: ignore[arg-type]
+                    joined.append(space.room_id)
+            except Exception as e:
+                # The person gets in all the same; the space's invite stays for their client.
+                log.warning("Could not join %s to the space %s: %s", puppet.mxid, room_id, e)
         return joined
 
     async def on_member_invited(self, space: Space, user_id: str, inviter: str) -> None:
