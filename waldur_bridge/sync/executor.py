@@ -89,7 +89,7 @@ class PlanExecutor:
     """Applies plans. One instance per bridge: `limit` bounds homeserver writes bridge-wide."""
 
     def __init__(self, limit: int, per_room: int = JOINS_PER_ROOM) -> None:
-        # Room writes first; a space's wait while a room's write waits (slots.py).
+        # Room writes first: a space's writes wait while a room's write waits (slots.py).
         self.slots = WriteSlots(limit)
         # People brought into one room at a time (invite, then join), within `limit`.
         self.per_room = max(1, per_room)
