@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 from mautrix.api import HTTPAPI
 
@@ -276,8 +277,6 @@ async def test_first_sync_reads_back_nothing_it_created(bridge_env: BridgeEnv) -
 
 async def provisioning_login(env: BridgeEnv, user_uuid: str) -> dict[str, Any]:
     """A front end logs the person in as their puppet (the provisioning API)."""
-    import aiohttp
-
     url = f"http://127.0.0.1:{env.hs.as_port}/_matrix/provision/v1/login"
     headers = {"Authorization": f"Token {env.sim.token_for(user_uuid)}"}
     async with aiohttp.ClientSession() as session, session.post(url, headers=headers) as resp:

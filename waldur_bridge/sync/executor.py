@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -127,23 +128,12 @@ class PlanExecutor:
         async def audited(
             action: str, target: str | None, cause: str, run: Callable[[], Awaitable[None]]
         ) -> bool:
-            async with self.slots.later() if later else self.slots:
-                try:
-                    await run()
-                except Exception as e:
-                    outcome.failed += 1
-                    outcome.errors.append(f"{action} {target or ''}: {e}")
-                    log.warning("%s %s in %s failed: %s", action, target, _room_label(portal), e)
-                    MEMBERSHIP_ACTIONS.labels(action=action, outcome="failed").inc()
-                    await self._audit(portal, action, target, cause, "failed", str(e))
-                    return False
-                finally:
-                    self.writes += 1
+            error = await self._audited(portal, action, target, cause, run, later=later)
+            if error is not None:
+                outcome.failed += 1
+                outcome.errors.append(f"{action} {target or ''}: {error}")
+                return False
             outcome.done += 1
-            MEMBERSHIP_ACTIONS.labels(action=action, outcome="done").inc()
-            if action in _MEMBERSHIP_VERBS:
-                _log_change(action, target, cause, portal)
-            await self._audit(portal, action, target, cause, "done")
             return True
 
         joins = {a.user_id for a in plan.actions if isinstance(a, Join)}
@@ -216,21 +206,17 @@ class PlanExecutor:
 
         invites = {a.user_id: a for a in plan.actions if isinstance(a, Invite)}
         join_actions = {a.user_id: a for a in plan.actions if isinstance(a, Join)}
-        people = sorted(set(invites) | joins)
-        if self.per_room == 1 or len(people) < 2:
-            for user_id in people:
+        seats = asyncio.Semaphore(self.per_room)  # people coming into this room at once
+
+        async def one(user_id: str) -> None:
+            async with seats:
                 await bring_in(user_id, invites.get(user_id), join_actions.get(user_id))
-        else:
-            slots = asyncio.Semaphore(self.per_room)
 
-            async def one(user_id: str) -> None:
-                async with slots:
-                    await bring_in(user_id, invites.get(user_id), join_actions.get(user_id))
-
-            results = await asyncio.gather(*(one(u) for u in people), return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+        people = sorted(set(invites) | joins)
+        results = await asyncio.gather(*(one(u) for u in people), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
         async def kick(action: Kick) -> None:
             async def do_kick() -> None:
@@ -317,20 +303,36 @@ class PlanExecutor:
         """Join a puppet that is invited to `portal` (a space it was left invited to), as a
         membership change of its own: audited, counted and told at INFO."""
         room_id = RoomID(portal.room_id or "")
-        async with self.slots:
+        join = functools.partial(puppet.intent.join_room_by_id, room_id)
+        return await self._audited(portal, "join", puppet.mxid, cause, join) is None
+
+    async def _audited(
+        self,
+        portal: Portal,
+        action: str,
+        target: str | None,
+        cause: str,
+        run: Callable[[], Awaitable[object]],
+        *,
+        later: bool = False,
+    ) -> str | None:
+        """One homeserver write within the write limit (`later`: a space's lane), counted,
+        audited and, for memberships, told at INFO; the error's text when it failed."""
+        async with self.slots.later() if later else self.slots:
             try:
-                await puppet.intent.join_room_by_id(room_id)
-            except MatrixRequestError as e:
-                log.warning("join %s in %s failed: %s", puppet.mxid, _room_label(portal), e)
-                MEMBERSHIP_ACTIONS.labels(action="join", outcome="failed").inc()
-                await self._audit(portal, "join", puppet.mxid, cause, "failed", str(e))
-                return False
+                await run()
+            except Exception as e:
+                log.warning("%s %s in %s failed: %s", action, target, _room_label(portal), e)
+                MEMBERSHIP_ACTIONS.labels(action=action, outcome="failed").inc()
+                await self._audit(portal, action, target, cause, "failed", str(e))
+                return str(e)
             finally:
                 self.writes += 1
-        MEMBERSHIP_ACTIONS.labels(action="join", outcome="done").inc()
-        _log_change("join", puppet.mxid, cause, portal)
-        await self._audit(portal, "join", puppet.mxid, cause, "done")
-        return True
+        MEMBERSHIP_ACTIONS.labels(action=action, outcome="done").inc()
+        if action in _MEMBERSHIP_VERBS:
+            _log_change(action, target, cause, portal)
+        await self._audit(portal, action, target, cause, "done")
+        return None
 
     @classmethod
     async def record_decline(cls, portal: Portal, user_id: str, how: str) -> None:
